@@ -1,0 +1,217 @@
+//! Subscription matching as pure functions: which log lines and metric
+//! samples a subscription wants, and which fields of a sample it sees.
+
+use crate::api::{MetricName, SubscribeLogs, SubscribeMetrics};
+use crate::level::Level;
+
+/// What a `subscribe-logs` subscription wants, prepared for fast matching.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogFilter {
+    /// `None` = any host.
+    pub host: Option<String>,
+    /// `None` = any application.
+    pub application: Option<String>,
+    /// Lower-cased search text; `None` (or empty in the request) = any.
+    pub search_lower: Option<String>,
+    /// Minimum level; `None` = any.
+    pub min_level: Option<Level>,
+}
+
+impl LogFilter {
+    pub fn from_request(request: &SubscribeLogs) -> Self {
+        LogFilter {
+            host: non_empty(&request.host),
+            application: non_empty(&request.application),
+            search_lower: non_empty(&request.search).map(|s| s.to_lowercase()),
+            min_level: request.level,
+        }
+    }
+
+    /// Whether a line matches. `host` and `application` compare exactly;
+    /// `search` is a case-insensitive substring of the message.
+    pub fn matches(&self, host: &str, application: &str, level: Level, message: &str) -> bool {
+        self.source_matches(host, application) && self.content_matches(level, message)
+    }
+
+    /// The host and application part, which the relay's index already
+    /// decides for most subscriptions.
+    pub fn source_matches(&self, host: &str, application: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| h == host)
+            && self.application.as_deref().is_none_or(|a| a == application)
+    }
+
+    /// The level and search part.
+    pub fn content_matches(&self, level: Level, message: &str) -> bool {
+        self.min_level.is_none_or(|min| level >= min)
+            && self
+                .search_lower
+                .as_deref()
+                .is_none_or(|needle| contains_case_insensitive(message, needle))
+    }
+}
+
+/// What a `subscribe-metrics` subscription wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricSelection {
+    bits: u8,
+}
+
+impl MetricSelection {
+    pub const ALL: MetricSelection = MetricSelection { bits: 0b1111 };
+
+    /// `None` (the field absent) selects all metrics. Duplicates are fine.
+    pub fn from_names(names: Option<&[MetricName]>) -> Self {
+        match names {
+            None => MetricSelection::ALL,
+            Some(names) => MetricSelection {
+                bits: names.iter().fold(0, |bits, name| bits | Self::bit(*name)),
+            },
+        }
+    }
+
+    fn bit(name: MetricName) -> u8 {
+        match name {
+            MetricName::Cpu => 1,
+            MetricName::Memory => 2,
+            MetricName::Disk => 4,
+            MetricName::Network => 8,
+        }
+    }
+
+    pub fn contains(self, name: MetricName) -> bool {
+        self.bits & Self::bit(name) != 0
+    }
+
+    /// A dense index 0..16, to cache one serialization per selection.
+    pub fn index(self) -> usize {
+        usize::from(self.bits)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.bits == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricFilter {
+    pub host: Option<String>,
+    pub application: Option<String>,
+    pub selection: MetricSelection,
+}
+
+impl MetricFilter {
+    pub fn from_request(request: &SubscribeMetrics) -> Self {
+        MetricFilter {
+            host: non_empty(&request.host),
+            application: non_empty(&request.application),
+            selection: MetricSelection::from_names(request.metrics.as_deref()),
+        }
+    }
+
+    pub fn matches(&self, host: &str, application: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| h == host)
+            && self.application.as_deref().is_none_or(|a| a == application)
+    }
+}
+
+fn non_empty(value: &Option<String>) -> Option<String> {
+    value.as_ref().filter(|v| !v.is_empty()).cloned()
+}
+
+/// Case-insensitive substring test against an already lower-cased needle.
+/// ASCII text (the common case) is compared without allocating; other text
+/// is lower-cased first, so `ÉCHEC` matches `échec`.
+pub fn contains_case_insensitive(haystack: &str, needle_lower: &str) -> bool {
+    if needle_lower.is_empty() {
+        return true;
+    }
+    if haystack.is_ascii() && needle_lower.is_ascii() {
+        let needle = needle_lower.as_bytes();
+        return haystack
+            .as_bytes()
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle));
+    }
+    haystack.to_lowercase().contains(needle_lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logs(host: Option<&str>, app: Option<&str>, search: Option<&str>, level: Option<Level>) -> LogFilter {
+        LogFilter::from_request(&SubscribeLogs {
+            host: host.map(Into::into),
+            application: app.map(Into::into),
+            search: search.map(Into::into),
+            level,
+            tail: None,
+            request_id: None,
+        })
+    }
+
+    #[test]
+    fn log_filter_table() {
+        use Level::*;
+        // (filter, host, application, level, message, expected)
+        let table = [
+            (logs(None, None, None, None), "h1", "a", Info, "anything", true),
+            (logs(Some("h1"), None, None, None), "h1", "a", Info, "x", true),
+            (logs(Some("h1"), None, None, None), "h2", "a", Info, "x", false),
+            (logs(Some(""), Some(""), Some(""), None), "h2", "b", Debug, "x", true),
+            (logs(None, Some("Anvil"), None, None), "h1", "Anvil", Info, "x", true),
+            (logs(None, Some("Anvil"), None, None), "h1", "anvil", Info, "x", false),
+            (logs(None, None, Some("error"), None), "h", "a", Info, "An ERROR happened", true),
+            (logs(None, None, Some("ERROR"), None), "h", "a", Info, "an error happened", true),
+            (logs(None, None, Some("error"), None), "h", "a", Info, "all good", false),
+            (logs(None, None, Some("échec"), None), "h", "a", Info, "ÉCHEC total", true),
+            (logs(None, None, None, Some(Warning)), "h", "a", Warning, "x", true),
+            (logs(None, None, None, Some(Warning)), "h", "a", Critical, "x", true),
+            (logs(None, None, None, Some(Warning)), "h", "a", Info, "x", false),
+            (logs(Some("h"), Some("a"), Some("disk"), Some(Error)), "h", "a", Error, "Disk full", true),
+            (logs(Some("h"), Some("a"), Some("disk"), Some(Error)), "h", "a", Warning, "Disk full", false),
+        ];
+        for (i, (filter, host, app, level, message, expected)) in table.into_iter().enumerate() {
+            assert_eq!(filter.matches(host, app, level, message), expected, "row {i}: {filter:?}");
+        }
+    }
+
+    #[test]
+    fn metric_selection_table() {
+        use MetricName::*;
+        let table: [(Option<&[MetricName]>, [bool; 4]); 5] = [
+            (None, [true, true, true, true]),
+            (Some(&[]), [false, false, false, false]),
+            (Some(&[Cpu]), [true, false, false, false]),
+            (Some(&[Cpu, Memory, Disk]), [true, true, true, false]),
+            (Some(&[Network, Network]), [false, false, false, true]),
+        ];
+        for (names, expected) in table {
+            let selection = MetricSelection::from_names(names);
+            let got = MetricName::ALL.map(|name| selection.contains(name));
+            assert_eq!(got, expected, "{names:?}");
+            assert!(selection.index() < 16);
+        }
+    }
+
+    #[test]
+    fn metric_filter_matches_host_and_application() {
+        let filter = MetricFilter::from_request(&SubscribeMetrics {
+            host: Some("test-anvil-01".into()),
+            application: None,
+            metrics: None,
+            request_id: None,
+        });
+        assert!(filter.matches("test-anvil-01", "Anvil"));
+        assert!(filter.matches("test-anvil-01", "system"));
+        assert!(!filter.matches("test-anvil-02", "Anvil"));
+    }
+
+    #[test]
+    fn case_insensitive_search_edge_cases() {
+        assert!(contains_case_insensitive("abc", ""));
+        assert!(!contains_case_insensitive("", "a"));
+        assert!(!contains_case_insensitive("ab", "abc"));
+        assert!(contains_case_insensitive("xxABCxx", "abc"));
+    }
+}
