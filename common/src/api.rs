@@ -109,7 +109,8 @@ pub struct Ping {
 
 impl ClientMessage {
     /// The names of the client message types, for error messages.
-    pub const TYPES: &'static str = "subscribe, subscribe-logs, subscribe-metrics, unsubscribe, ping";
+    pub const TYPES: &'static str =
+        "subscribe, subscribe-logs, subscribe-metrics, unsubscribe, ping";
 
     /// Decodes one client text frame, with an error precise enough to send
     /// back as `invalid_message`: which field, what was expected.
@@ -142,7 +143,12 @@ impl ClientMessage {
             request_id: request_id.clone(),
         };
         let kind = match object.get("type") {
-            None => return Err(error("type", format!("missing; expected one of {}", Self::TYPES))),
+            None => {
+                return Err(error(
+                    "type",
+                    format!("missing; expected one of {}", Self::TYPES),
+                ));
+            }
             Some(Value::String(kind)) => kind.as_str(),
             Some(other) => {
                 return Err(error(
@@ -173,7 +179,10 @@ impl ClientMessage {
             other => {
                 return Err(error(
                     "type",
-                    format!("unknown message type `{other}`; expected one of {}", Self::TYPES),
+                    format!(
+                        "unknown message type `{other}`; expected one of {}",
+                        Self::TYPES
+                    ),
                 ));
             }
         };
@@ -540,17 +549,61 @@ mod tests {
             ("not json", None, "not valid JSON"),
             ("[1,2]", None, "expected a JSON object, got an array"),
             (r#"{"deploymentId":"x"}"#, Some("type"), "missing"),
-            (r#"{"type":7}"#, Some("type"), "expected a string, got a number"),
-            (r#"{"type":"subscribe-everything"}"#, Some("type"), "unknown message type `subscribe-everything`"),
-            (r#"{"type":"subscribe"}"#, None, "missing field `deploymentId`"),
-            (r#"{"type":"subscribe","deploymentId":42}"#, Some("deploymentId"), "expected a string"),
-            (r#"{"type":"subscribe-logs","tail":"ten"}"#, Some("tail"), "expected u32"),
-            (r#"{"type":"subscribe-logs","tail":-1}"#, Some("tail"), "expected u32"),
-            (r#"{"type":"subscribe-logs","level":"loud"}"#, Some("level"), "unknown level `loud`"),
-            (r#"{"type":"subscribe-metrics","metrics":["cpu","gpu"]}"#, Some("metrics[1]"), "unknown variant `gpu`"),
-            (r#"{"type":"subscribe-metrics","metrics":"cpu"}"#, Some("metrics"), "expected a sequence"),
-            (r#"{"type":"unsubscribe"}"#, None, "missing field `subscriptionId`"),
-            (r#"{"type":"ping","requestId":{"a":1}}"#, Some("requestId"), "expected a string or a number"),
+            (
+                r#"{"type":7}"#,
+                Some("type"),
+                "expected a string, got a number",
+            ),
+            (
+                r#"{"type":"subscribe-everything"}"#,
+                Some("type"),
+                "unknown message type `subscribe-everything`",
+            ),
+            (
+                r#"{"type":"subscribe"}"#,
+                None,
+                "missing field `deploymentId`",
+            ),
+            (
+                r#"{"type":"subscribe","deploymentId":42}"#,
+                Some("deploymentId"),
+                "expected a string",
+            ),
+            (
+                r#"{"type":"subscribe-logs","tail":"ten"}"#,
+                Some("tail"),
+                "expected u32",
+            ),
+            (
+                r#"{"type":"subscribe-logs","tail":-1}"#,
+                Some("tail"),
+                "expected u32",
+            ),
+            (
+                r#"{"type":"subscribe-logs","level":"loud"}"#,
+                Some("level"),
+                "unknown level `loud`",
+            ),
+            (
+                r#"{"type":"subscribe-metrics","metrics":["cpu","gpu"]}"#,
+                Some("metrics[1]"),
+                "unknown variant `gpu`",
+            ),
+            (
+                r#"{"type":"subscribe-metrics","metrics":"cpu"}"#,
+                Some("metrics"),
+                "expected a sequence",
+            ),
+            (
+                r#"{"type":"unsubscribe"}"#,
+                None,
+                "missing field `subscriptionId`",
+            ),
+            (
+                r#"{"type":"ping","requestId":{"a":1}}"#,
+                Some("requestId"),
+                "expected a string or a number",
+            ),
         ];
         for (input, field, fragment) in table {
             let error = decode_error(input);
@@ -589,7 +642,10 @@ mod tests {
 
     #[test]
     fn uptime_and_memory_format_like_the_seed() {
-        assert_eq!(format_uptime(15 * 86_400 + 6 * 3_600 + 30 * 60 + 59), "15d 6h 30m");
+        assert_eq!(
+            format_uptime(15 * 86_400 + 6 * 3_600 + 30 * 60 + 59),
+            "15d 6h 30m"
+        );
         assert_eq!(format_uptime(0), "0d 0h 0m");
         assert_eq!(format_megabytes(47_395_635), "45.2MB");
     }

@@ -104,10 +104,9 @@ impl<'de> Deserialize<'de> for Level {
             })
         } else {
             let index = u8::deserialize(deserializer)?;
-            Level::ALL
-                .get(usize::from(index))
-                .copied()
-                .ok_or_else(|| serde::de::Error::custom(format!("level index {index} out of range")))
+            Level::ALL.get(usize::from(index)).copied().ok_or_else(|| {
+                serde::de::Error::custom(format!("level index {index} out of range"))
+            })
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`timestamp`]: RFC 3339 timestamps as they appear on the API.
 
 pub mod api;
+pub mod config;
 pub mod level;
 pub mod matching;
 pub mod timestamp;

@@ -139,7 +139,12 @@ pub fn contains_case_insensitive(haystack: &str, needle_lower: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn logs(host: Option<&str>, app: Option<&str>, search: Option<&str>, level: Option<Level>) -> LogFilter {
+    fn logs(
+        host: Option<&str>,
+        app: Option<&str>,
+        search: Option<&str>,
+        level: Option<Level>,
+    ) -> LogFilter {
         LogFilter::from_request(&SubscribeLogs {
             host: host.map(Into::into),
             application: app.map(Into::into),
@@ -155,24 +160,133 @@ mod tests {
         use Level::*;
         // (filter, host, application, level, message, expected)
         let table = [
-            (logs(None, None, None, None), "h1", "a", Info, "anything", true),
-            (logs(Some("h1"), None, None, None), "h1", "a", Info, "x", true),
-            (logs(Some("h1"), None, None, None), "h2", "a", Info, "x", false),
-            (logs(Some(""), Some(""), Some(""), None), "h2", "b", Debug, "x", true),
-            (logs(None, Some("Anvil"), None, None), "h1", "Anvil", Info, "x", true),
-            (logs(None, Some("Anvil"), None, None), "h1", "anvil", Info, "x", false),
-            (logs(None, None, Some("error"), None), "h", "a", Info, "An ERROR happened", true),
-            (logs(None, None, Some("ERROR"), None), "h", "a", Info, "an error happened", true),
-            (logs(None, None, Some("error"), None), "h", "a", Info, "all good", false),
-            (logs(None, None, Some("échec"), None), "h", "a", Info, "ÉCHEC total", true),
-            (logs(None, None, None, Some(Warning)), "h", "a", Warning, "x", true),
-            (logs(None, None, None, Some(Warning)), "h", "a", Critical, "x", true),
-            (logs(None, None, None, Some(Warning)), "h", "a", Info, "x", false),
-            (logs(Some("h"), Some("a"), Some("disk"), Some(Error)), "h", "a", Error, "Disk full", true),
-            (logs(Some("h"), Some("a"), Some("disk"), Some(Error)), "h", "a", Warning, "Disk full", false),
+            (
+                logs(None, None, None, None),
+                "h1",
+                "a",
+                Info,
+                "anything",
+                true,
+            ),
+            (
+                logs(Some("h1"), None, None, None),
+                "h1",
+                "a",
+                Info,
+                "x",
+                true,
+            ),
+            (
+                logs(Some("h1"), None, None, None),
+                "h2",
+                "a",
+                Info,
+                "x",
+                false,
+            ),
+            (
+                logs(Some(""), Some(""), Some(""), None),
+                "h2",
+                "b",
+                Debug,
+                "x",
+                true,
+            ),
+            (
+                logs(None, Some("Anvil"), None, None),
+                "h1",
+                "Anvil",
+                Info,
+                "x",
+                true,
+            ),
+            (
+                logs(None, Some("Anvil"), None, None),
+                "h1",
+                "anvil",
+                Info,
+                "x",
+                false,
+            ),
+            (
+                logs(None, None, Some("error"), None),
+                "h",
+                "a",
+                Info,
+                "An ERROR happened",
+                true,
+            ),
+            (
+                logs(None, None, Some("ERROR"), None),
+                "h",
+                "a",
+                Info,
+                "an error happened",
+                true,
+            ),
+            (
+                logs(None, None, Some("error"), None),
+                "h",
+                "a",
+                Info,
+                "all good",
+                false,
+            ),
+            (
+                logs(None, None, Some("échec"), None),
+                "h",
+                "a",
+                Info,
+                "ÉCHEC total",
+                true,
+            ),
+            (
+                logs(None, None, None, Some(Warning)),
+                "h",
+                "a",
+                Warning,
+                "x",
+                true,
+            ),
+            (
+                logs(None, None, None, Some(Warning)),
+                "h",
+                "a",
+                Critical,
+                "x",
+                true,
+            ),
+            (
+                logs(None, None, None, Some(Warning)),
+                "h",
+                "a",
+                Info,
+                "x",
+                false,
+            ),
+            (
+                logs(Some("h"), Some("a"), Some("disk"), Some(Error)),
+                "h",
+                "a",
+                Error,
+                "Disk full",
+                true,
+            ),
+            (
+                logs(Some("h"), Some("a"), Some("disk"), Some(Error)),
+                "h",
+                "a",
+                Warning,
+                "Disk full",
+                false,
+            ),
         ];
         for (i, (filter, host, app, level, message, expected)) in table.into_iter().enumerate() {
-            assert_eq!(filter.matches(host, app, level, message), expected, "row {i}: {filter:?}");
+            assert_eq!(
+                filter.matches(host, app, level, message),
+                expected,
+                "row {i}: {filter:?}"
+            );
         }
     }
 

@@ -69,9 +69,8 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Timestamp::parse(&text).map_err(|e| {
-            serde::de::Error::custom(format!("expected an RFC 3339 timestamp, {e}"))
-        })
+        Timestamp::parse(&text)
+            .map_err(|e| serde::de::Error::custom(format!("expected an RFC 3339 timestamp, {e}")))
     }
 }
 

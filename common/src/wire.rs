@@ -355,7 +355,10 @@ mod tests {
             dropped_items: 0,
         });
         assert!(encode_frame(&big, &mut out, 4).is_err());
-        assert!(out.is_empty(), "a refused encode leaves the buffer as it was");
+        assert!(
+            out.is_empty(),
+            "a refused encode leaves the buffer as it was"
+        );
     }
 
     #[test]
@@ -424,17 +427,24 @@ mod tests {
 
     fn item() -> impl Strategy<Value = Item> {
         prop_oneof![
-            (text(), any::<i64>(), 0usize..6, text(), proptest::option::of(text())).prop_map(
-                |(application, timestamp_ms, level, message, deployment_id)| {
-                    Item::Log(LogRecord {
-                        application,
-                        timestamp_ms,
-                        level: Level::ALL[level],
-                        message,
-                        deployment_id,
-                    })
-                }
-            ),
+            (
+                text(),
+                any::<i64>(),
+                0usize..6,
+                text(),
+                proptest::option::of(text())
+            )
+                .prop_map(
+                    |(application, timestamp_ms, level, message, deployment_id)| {
+                        Item::Log(LogRecord {
+                            application,
+                            timestamp_ms,
+                            level: Level::ALL[level],
+                            message,
+                            deployment_id,
+                        })
+                    }
+                ),
             (
                 text(),
                 any::<i64>(),
@@ -473,8 +483,14 @@ mod tests {
 
     fn agent_message() -> impl Strategy<Value = AgentMessage> {
         prop_oneof![
-            (text(), text(), text(), text(), proptest::collection::vec(text(), 0..4)).prop_map(
-                |(agent_id, host, agent_version, token, applications)| {
+            (
+                text(),
+                text(),
+                text(),
+                text(),
+                proptest::collection::vec(text(), 0..4)
+            )
+                .prop_map(|(agent_id, host, agent_version, token, applications)| {
                     AgentMessage::Hello(Hello {
                         agent_id,
                         host,
@@ -482,15 +498,19 @@ mod tests {
                         credentials: Credentials::Token(token),
                         applications,
                     })
-                }
-            ),
-            (any::<u64>(), proptest::collection::vec(item(), 0..20), any::<u64>()).prop_map(
-                |(sequence, items, dropped_items)| AgentMessage::Batch(Batch {
-                    sequence,
-                    items,
-                    dropped_items
-                })
-            ),
+                }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(item(), 0..20),
+                any::<u64>()
+            )
+                .prop_map(|(sequence, items, dropped_items)| AgentMessage::Batch(
+                    Batch {
+                        sequence,
+                        items,
+                        dropped_items
+                    }
+                )),
         ]
     }
 

@@ -77,8 +77,8 @@ fn every_server_example_round_trips_exactly() {
     for text in &examples {
         let original: Value = serde_json::from_str(text).expect("page example is JSON");
         let round_tripped = if original.get("type").is_some() {
-            let message: ServerMessage = serde_json::from_value(original.clone())
-                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            let message: ServerMessage =
+                serde_json::from_value(original.clone()).unwrap_or_else(|e| panic!("{text}: {e}"));
             kinds.push(original["type"].as_str().unwrap().to_owned());
             serde_json::to_value(&message).unwrap()
         } else if original.get("totalConnections").is_some() {
@@ -152,7 +152,11 @@ fn field_types_match_the_page() {
 #[test]
 fn every_client_example_decodes_and_round_trips() {
     let examples = client_examples();
-    assert_eq!(examples.len(), 7, "the page sends 7 client messages: {examples:?}");
+    assert_eq!(
+        examples.len(),
+        7,
+        "the page sends 7 client messages: {examples:?}"
+    );
     for text in &examples {
         let message = ClientMessage::from_json(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         let original: Value = serde_json::from_str(text).unwrap();

@@ -1,1 +1,179 @@
-//! relay
+//! o1-relay: ingests agent batches over QUIC and serves the WebSocket API,
+//! subscriptions, rate limiting and REST statistics.
+//!
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`hub`]: routing of ingested items to subscriptions, recent history.
+//! - [`outbound`]: the bounded per-connection queue and its policies.
+//! - [`websocket`]: the WebSocket API, one task per connection.
+//! - [`rest`]: statistics, Prometheus metrics, inventory, deployments.
+//! - [`uplink`]: the QUIC endpoint agents push to.
+//! - [`deployments`], [`inventory`]: deployment registry, host inventory.
+//! - [`auth`], [`certs`]: tokens, and the first-deployment certificates.
+//! - [`stats`]: counters and latency histograms.
+
+pub mod auth;
+pub mod certs;
+pub mod config;
+pub mod deployments;
+pub mod hub;
+pub mod inventory;
+pub mod outbound;
+pub mod rest;
+pub mod stats;
+pub mod uplink;
+pub mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenVerifier;
+use crate::config::RelayConfig;
+use crate::hub::Hub;
+use crate::inventory::Inventory;
+use crate::stats::Stats;
+use crate::websocket::ConnectionGate;
+
+/// Everything a request handler or connection task needs.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<RelayConfig>,
+    pub hub: Arc<Hub>,
+    pub stats: Arc<Stats>,
+    pub inventory: Arc<Inventory>,
+    pub gate: Arc<ConnectionGate>,
+    pub tokens: Arc<TokenVerifier>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(config: RelayConfig, shutdown: CancellationToken) -> Self {
+        let stats = Arc::new(Stats::new());
+        let hub = Arc::new(Hub::new(
+            stats.clone(),
+            config.history_limits(),
+            config.registry_limits(),
+        ));
+        AppState {
+            gate: Arc::new(ConnectionGate::new(
+                config.websocket.max_connections,
+                config.websocket.max_connections_per_address,
+            )),
+            tokens: Arc::new(TokenVerifier::new(&config.auth.token_sha256)),
+            config: Arc::new(config),
+            hub,
+            stats,
+            inventory: Arc::new(Inventory::default()),
+            shutdown,
+            tracker: TaskTracker::new(),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/websocket", get(websocket::upgrade))
+        .route("/api/websocket/stats", get(rest::stats))
+        .route("/api/websocket/metrics", get(rest::metrics))
+        .route("/api/websocket/health", get(rest::health))
+        .route("/metrics", get(rest::prometheus))
+        .route("/api/hosts", get(rest::hosts))
+        .route(
+            "/api/deployments",
+            get(rest::list_deployments).post(rest::create_deployment),
+        )
+        .route("/api/deployments/{id}", get(rest::get_deployment))
+        .route("/api/deployments/{id}/events", post(rest::deployment_event))
+        .route(
+            "/api/deployments/{id}/cancel",
+            post(rest::cancel_deployment),
+        )
+        .fallback(rest::not_found)
+        .with_state(state)
+}
+
+/// The relay's bound sockets: bound before `run`, so tests can use port 0
+/// and read the addresses.
+#[derive(Debug)]
+pub struct Listeners {
+    pub http: tokio::net::TcpListener,
+    pub uplink: Option<quinn::Endpoint>,
+}
+
+impl Listeners {
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.local_addr().ok()
+    }
+    pub fn uplink_addr(&self) -> Option<SocketAddr> {
+        self.uplink.as_ref().and_then(|e| e.local_addr().ok())
+    }
+}
+
+/// Binds the HTTP listener and, when `with_uplink`, the QUIC endpoint.
+pub async fn bind(config: &RelayConfig, with_uplink: bool) -> anyhow::Result<Listeners> {
+    use anyhow::Context;
+    let http = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+    let uplink = if with_uplink {
+        let server = uplink::server_config(
+            &config.uplink.cert,
+            &config.uplink.key,
+            Duration::from_secs(config.uplink.idle_timeout_secs),
+        )
+        .context("uplink TLS (uplink.cert / uplink.key); `o1-relay certs` makes them")?;
+        let endpoint =
+            quinn::Endpoint::server(server, config.uplink.listen).with_context(|| {
+                format!(
+                    "cannot listen on udp {} (uplink.listen)",
+                    config.uplink.listen
+                )
+            })?;
+        Some(endpoint)
+    } else {
+        None
+    };
+    Ok(Listeners { http, uplink })
+}
+
+/// Serves until `shutdown` is cancelled, then drains: WebSocket clients get
+/// a 1001 close, agents a QUIC close, and the call returns once every task
+/// ended or `shutdown.grace_secs` passed.
+pub async fn run(state: AppState, listeners: Listeners) -> anyhow::Result<()> {
+    let shutdown = state.shutdown.clone();
+    let tracker = state.tracker.clone();
+    let grace = Duration::from_secs(state.config.shutdown.grace_secs);
+    if state.tokens.is_empty() {
+        tracing::warn!(
+            "no tokens configured (auth.token_sha256): every agent and REST publisher will be refused"
+        );
+    }
+    if let Some(endpoint) = listeners.uplink {
+        tracker.spawn(uplink::serve(endpoint, state.clone(), shutdown.clone()));
+    }
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let server =
+        axum::serve(listeners.http, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(server.into_future());
+    shutdown.cancelled().await;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: draining connections"
+    );
+    tracker.close();
+    let drained = tokio::time::timeout(grace, async {
+        tracker.wait().await;
+        let _ = server.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; exiting with connections still open");
+    }
+    Ok(())
+}

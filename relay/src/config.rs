@@ -1,0 +1,377 @@
+//! The relay's configuration: `/etc/o1/relay.toml`, overridable key by key
+//! from the environment (`O1_RELAY__SECTION__KEY`) and by `--set
+//! section.key=value`. Every key has a default; unknown keys are errors that
+//! name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::deployments::RegistryLimits;
+use crate::hub::HistoryLimits;
+use crate::outbound::OutboundLimits;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    pub http: HttpConfig,
+    pub websocket: WebSocketConfig,
+    pub history: HistoryConfig,
+    pub deployments: DeploymentsConfig,
+    pub uplink: UplinkConfig,
+    pub auth: AuthConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener (WebSocket API, REST, /metrics).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Most WebSocket connections open at once.
+    pub max_connections: usize,
+    /// Most WebSocket connections from one client address.
+    pub max_connections_per_address: usize,
+    /// Most subscriptions on one connection.
+    pub max_subscriptions: usize,
+    /// Largest client message (frame) in bytes; larger closes with 1009.
+    pub max_message_bytes: usize,
+    /// Sustained client messages per second per connection.
+    pub messages_per_second: u32,
+    /// Client messages allowed in a burst.
+    pub burst: u32,
+    /// Rate-limited messages tolerated within one minute before the
+    /// connection is closed with 1008.
+    pub abuse_limit: u32,
+    /// Seconds between server pings.
+    pub ping_interval_secs: u64,
+    /// Seconds without any frame from the client after a ping before the
+    /// connection is dropped as dead.
+    pub ping_timeout_secs: u64,
+    /// Log messages queued per connection before dropping.
+    pub queue_messages: usize,
+    /// Seconds a connection's queue may stay full before it is closed (4008).
+    pub stall_timeout_secs: u64,
+    /// Read buffer per connection in bytes.
+    pub read_buffer_bytes: usize,
+    /// Write buffer per connection in bytes.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_connections: 50_000,
+            max_connections_per_address: 1_000,
+            max_subscriptions: 100,
+            max_message_bytes: 64 * 1024,
+            messages_per_second: 50,
+            burst: 100,
+            abuse_limit: 50,
+            ping_interval_secs: 30,
+            ping_timeout_secs: 30,
+            queue_messages: 4096,
+            stall_timeout_secs: 30,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    pub fn outbound_limits(&self) -> OutboundLimits {
+        OutboundLimits {
+            max_queued: self.queue_messages,
+            max_metric_series: self.queue_messages,
+            stall_timeout: Duration::from_secs(self.stall_timeout_secs),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Log lines kept per (host, application) for `tail`.
+    pub lines_per_source: usize,
+    /// Bytes of lines kept per (host, application).
+    pub bytes_per_source: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        let limits = HistoryLimits::default();
+        HistoryConfig {
+            lines_per_source: limits.lines_per_source,
+            bytes_per_source: limits.bytes_per_source,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeploymentsConfig {
+    /// Finished deployments kept for late subscribers.
+    pub max_finished: usize,
+    /// Log lines kept per deployment for replay.
+    pub max_log_lines: usize,
+}
+
+impl Default for DeploymentsConfig {
+    fn default() -> Self {
+        let limits = RegistryLimits::default();
+        DeploymentsConfig {
+            max_finished: limits.max_finished,
+            max_log_lines: limits.max_log_lines,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// UDP address agents connect to (QUIC).
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the relay.
+    pub cert: PathBuf,
+    /// PEM private key of the relay.
+    pub key: PathBuf,
+    /// Largest frame accepted from an agent, bytes.
+    pub max_frame_bytes: usize,
+    /// QUIC idle timeout, seconds: an agent silent for this long is gone.
+    pub idle_timeout_secs: u64,
+    /// Most agents connected at once.
+    pub max_agents: usize,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            cert: PathBuf::from("/etc/o1/relay.crt"),
+            key: PathBuf::from("/etc/o1/relay.key"),
+            max_frame_bytes: o1_common::wire::DEFAULT_MAX_FRAME,
+            idle_timeout_secs: 10,
+            max_agents: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// SHA-256 (hex) of the tokens agents and REST publishers present.
+    /// `o1-relay certs` and `o1-relay hash-token` print them.
+    pub token_sha256: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds to drain connections after SIGTERM before exiting.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_secs: 10 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error(transparent)]
+    Override(#[from] o1_common::config::OverrideError),
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl RelayConfig {
+    /// Reads the file (absent is fine when `required` is false), applies the
+    /// environment and `--set` overrides, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        required: bool,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::new();
+        let mut source = "defaults".to_owned();
+        if let Some(path) = path {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    table = text
+                        .parse::<toml::Table>()
+                        .map_err(|e| ConfigError::Parse {
+                            path: path.display().to_string(),
+                            message: e.to_string(),
+                        })?;
+                    source = path.display().to_string();
+                }
+                Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ConfigError::Read {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        let env = o1_common::config::env_overrides("O1_RELAY__", std::env::vars());
+        for assignment in env.iter().chain(overrides) {
+            o1_common::config::apply_override(&mut table, assignment)?;
+        }
+        let config: RelayConfig =
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: source,
+                    message: e.to_string().trim().to_owned(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &'static str, value: u64| {
+            if value == 0 {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: "must be greater than 0".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let ws = &self.websocket;
+        positive("websocket.max_connections", ws.max_connections as u64)?;
+        positive(
+            "websocket.max_connections_per_address",
+            ws.max_connections_per_address as u64,
+        )?;
+        positive("websocket.max_subscriptions", ws.max_subscriptions as u64)?;
+        positive(
+            "websocket.messages_per_second",
+            u64::from(ws.messages_per_second),
+        )?;
+        positive("websocket.burst", u64::from(ws.burst))?;
+        positive("websocket.ping_interval_secs", ws.ping_interval_secs)?;
+        positive("websocket.queue_messages", ws.queue_messages as u64)?;
+        positive(
+            "history.lines_per_source",
+            self.history.lines_per_source as u64,
+        )?;
+        positive("uplink.idle_timeout_secs", self.uplink.idle_timeout_secs)?;
+        if ws.max_message_bytes < 256 {
+            return Err(ConfigError::Invalid {
+                key: "websocket.max_message_bytes",
+                message: "must be at least 256".into(),
+            });
+        }
+        if ws.read_buffer_bytes < 512 {
+            return Err(ConfigError::Invalid {
+                key: "websocket.read_buffer_bytes",
+                message: "must be at least 512".into(),
+            });
+        }
+        if self.uplink.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "uplink.max_frame_bytes",
+                message: "must be at least 1024".into(),
+            });
+        }
+        for token in &self.auth.token_sha256 {
+            if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid {
+                    key: "auth.token_sha256",
+                    message: format!(
+                        "`{token}` is not a SHA-256 hex digest (64 hex digits); use `o1-relay hash-token`"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            lines_per_source: self.history.lines_per_source,
+            bytes_per_source: self.history.bytes_per_source,
+        }
+    }
+
+    pub fn registry_limits(&self) -> RegistryLimits {
+        RegistryLimits {
+            max_finished: self.deployments.max_finished,
+            max_log_lines: self.deployments.max_log_lines,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, overrides: &[&str]) -> Result<RelayConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, text).unwrap();
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        RelayConfig::load(Some(&path), true, &overrides)
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let table = [
+            ("[websocket]\nmax_conections = 5\n", "max_conections"),
+            (
+                "[websocket]\nmax_connections = 0\n",
+                "websocket.max_connections",
+            ),
+            ("[http]\nlisten = \"nowhere\"\n", "listen"),
+            ("[auth]\ntoken_sha256 = [\"abc\"]\n", "auth.token_sha256"),
+            ("[nonsense]\n", "nonsense"),
+        ];
+        for (text, key) in table {
+            let error = load_text(text, &[]).unwrap_err().to_string();
+            assert!(
+                error.contains(key),
+                "{text:?}: `{error}` does not name {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let config = load_text(
+            "[http]\nlisten = \"127.0.0.1:1\"\n",
+            &["http.listen=127.0.0.1:2"],
+        )
+        .unwrap();
+        assert_eq!(config.http.listen.port(), 2);
+        assert_eq!(
+            config.websocket.max_subscriptions, 100,
+            "defaults fill the rest"
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! The deployment registry: the state of every deployment the relay knows,
+//! fed by REST (CI systems, scripts) and by agents (`o1-agent deploy`).
+//!
+//! Pure state machine: methods take `now` and return what changed, the hub
+//! turns that into messages for subscribers.
+
+use std::collections::{HashMap, VecDeque};
+
+use o1_common::Level;
+use o1_common::Timestamp;
+use o1_common::api::DeploymentStatus;
+use serde::Serialize;
+
+/// One deployment's state.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub deployment_id: String,
+    pub application: String,
+    pub hosts: Vec<String>,
+    pub status: DeploymentStatus,
+    pub progress: u8,
+    pub message: String,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    #[serde(skip)]
+    pub logs: VecDeque<DeploymentLog>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeploymentLog {
+    pub host: String,
+    pub level: Level,
+    pub message: String,
+    pub timestamp: Timestamp,
+}
+
+/// A change requested by REST or an agent.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    pub status: Option<DeploymentStatus>,
+    pub progress: Option<i64>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeploymentError {
+    #[error("Deployment not found")]
+    NotFound,
+    #[error("deployment `{0}` already exists")]
+    AlreadyExists(String),
+    #[error("deployment id `{0}` is invalid: use 1-128 letters, digits, '-', '_' or '.'")]
+    InvalidId(String),
+    #[error("progress {0} is outside 0-100")]
+    ProgressOutOfRange(i64),
+    #[error("deployment has ended ({0:?}); no further updates are accepted")]
+    AlreadyEnded(DeploymentStatus),
+    #[error("a deployment cannot go back to `pending`")]
+    BackToPending,
+}
+
+/// Limits of the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryLimits {
+    /// Finished deployments kept for late subscribers; the oldest go first.
+    pub max_finished: usize,
+    /// Log lines kept per deployment for replay.
+    pub max_log_lines: usize,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            max_finished: 1000,
+            max_log_lines: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    deployments: HashMap<String, Deployment>,
+    finished: VecDeque<String>,
+    limits: RegistryLimits,
+    /// Disambiguates generated ids created in the same second.
+    last_generated: Option<(String, u32)>,
+}
+
+/// What an update changed, for the hub to publish.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub deployment: Deployment,
+    /// The deployment reached a final status with this update.
+    pub ended: bool,
+}
+
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Registry {
+    pub fn new(limits: RegistryLimits) -> Self {
+        Registry {
+            limits,
+            ..Registry::default()
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Deployment> {
+        self.deployments.get(id)
+    }
+
+    /// Newest first.
+    pub fn list(&self) -> Vec<&Deployment> {
+        let mut all: Vec<&Deployment> = self.deployments.values().collect();
+        all.sort_by(|a, b| {
+            b.started_at
+                .cmp(&a.started_at)
+                .then(b.deployment_id.cmp(&a.deployment_id))
+        });
+        all
+    }
+
+    /// A new id of the form `deploy-YYYYMMDD-HHMMSS`, with `-2`, `-3`...
+    /// when several are made in the same second.
+    pub fn generate_id(&mut self, now: Timestamp) -> String {
+        let text = now.to_string(); // 2024-01-15T10:30:00Z or with millis
+        let digits: String = text.chars().filter(char::is_ascii_digit).take(14).collect();
+        let base = format!(
+            "deploy-{}-{}",
+            &digits[..8.min(digits.len())],
+            &digits[8.min(digits.len())..]
+        );
+        let mut n = match &self.last_generated {
+            Some((last, n)) if *last == base => n + 1,
+            _ => 1,
+        };
+        loop {
+            let id = if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
+            if !self.deployments.contains_key(&id) {
+                self.last_generated = Some((base, n));
+                return id;
+            }
+            n += 1;
+        }
+    }
+
+    pub fn create(
+        &mut self,
+        id: Option<String>,
+        application: String,
+        hosts: Vec<String>,
+        message: Option<String>,
+        now: Timestamp,
+    ) -> Result<Deployment, DeploymentError> {
+        let id = match id {
+            Some(id) if !valid_id(&id) => return Err(DeploymentError::InvalidId(id)),
+            Some(id) if self.deployments.contains_key(&id) => {
+                return Err(DeploymentError::AlreadyExists(id));
+            }
+            Some(id) => id,
+            None => self.generate_id(now),
+        };
+        let deployment = Deployment {
+            deployment_id: id.clone(),
+            application,
+            hosts,
+            status: DeploymentStatus::Pending,
+            progress: 0,
+            message: message.unwrap_or_else(|| "Deployment created".into()),
+            started_at: now,
+            updated_at: now,
+            ended_at: None,
+            logs: VecDeque::new(),
+        };
+        self.deployments.insert(id, deployment.clone());
+        Ok(deployment)
+    }
+
+    /// Applies an update; an agent's first event for an unknown id creates
+    /// the deployment (`create_for` = Some(application, host)).
+    pub fn update(
+        &mut self,
+        id: &str,
+        update: Update,
+        create_for: Option<(&str, &str)>,
+        now: Timestamp,
+    ) -> Result<Changed, DeploymentError> {
+        if let Some(progress) = update.progress {
+            if !(0..=100).contains(&progress) {
+                return Err(DeploymentError::ProgressOutOfRange(progress));
+            }
+        }
+        if !self.deployments.contains_key(id) {
+            match create_for {
+                Some((application, host)) if valid_id(id) => {
+                    self.create(
+                        Some(id.to_owned()),
+                        application.to_owned(),
+                        vec![host.to_owned()],
+                        None,
+                        now,
+                    )?;
+                }
+                Some(_) => return Err(DeploymentError::InvalidId(id.to_owned())),
+                None => return Err(DeploymentError::NotFound),
+            }
+        }
+        let deployment = self
+            .deployments
+            .get_mut(id)
+            .ok_or(DeploymentError::NotFound)?;
+        if deployment.status.is_final() {
+            return Err(DeploymentError::AlreadyEnded(deployment.status));
+        }
+        if update.status == Some(DeploymentStatus::Pending)
+            && deployment.status != DeploymentStatus::Pending
+        {
+            return Err(DeploymentError::BackToPending);
+        }
+        if let Some((_, host)) = create_for {
+            if !deployment.hosts.iter().any(|h| h == host) {
+                deployment.hosts.push(host.to_owned());
+            }
+        }
+        let mut status = update.status.unwrap_or(deployment.status);
+        if status == DeploymentStatus::Pending && update.progress.is_some_and(|p| p > 0) {
+            status = DeploymentStatus::Running;
+        }
+        deployment.status = status;
+        if let Some(progress) = update.progress {
+            deployment.progress = progress as u8;
+        }
+        if status == DeploymentStatus::Completed {
+            deployment.progress = 100;
+        }
+        if let Some(message) = update.message {
+            deployment.message = message;
+        }
+        deployment.updated_at = now;
+        let ended = status.is_final();
+        if ended {
+            deployment.ended_at = Some(now);
+        }
+        let changed = Changed {
+            deployment: deployment.clone(),
+            ended,
+        };
+        if ended {
+            self.finished.push_back(id.to_owned());
+            while self.finished.len() > self.limits.max_finished {
+                if let Some(old) = self.finished.pop_front() {
+                    self.deployments.remove(&old);
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Records a log line of a deployment (kept for replay).
+    pub fn add_log(&mut self, id: &str, log: DeploymentLog) -> Result<(), DeploymentError> {
+        let deployment = self
+            .deployments
+            .get_mut(id)
+            .ok_or(DeploymentError::NotFound)?;
+        deployment.logs.push_back(log);
+        while deployment.logs.len() > self.limits.max_log_lines {
+            deployment.logs.pop_front();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Timestamp {
+        Timestamp::parse(text).unwrap()
+    }
+
+    #[test]
+    fn generated_ids_follow_the_seed_form_and_stay_unique() {
+        let mut registry = Registry::default();
+        let now = at("2024-01-15T10:30:00Z");
+        let a = registry
+            .create(None, "app".into(), vec![], None, now)
+            .unwrap();
+        let b = registry
+            .create(None, "app".into(), vec![], None, now)
+            .unwrap();
+        assert_eq!(a.deployment_id, "deploy-20240115-103000");
+        assert_eq!(b.deployment_id, "deploy-20240115-103000-2");
+    }
+
+    #[test]
+    fn transitions_table() {
+        use DeploymentStatus::*;
+        let now = at("2024-01-15T10:30:00Z");
+        let update = |status: Option<DeploymentStatus>, progress: Option<i64>| Update {
+            status,
+            progress,
+            message: None,
+        };
+        // (steps before, the update, expected)
+        let table: Vec<(
+            Vec<Update>,
+            Update,
+            Result<DeploymentStatus, DeploymentError>,
+        )> = vec![
+            (vec![], update(Some(Running), Some(10)), Ok(Running)),
+            (vec![], update(None, Some(45)), Ok(Running)),
+            (
+                vec![],
+                update(None, Some(101)),
+                Err(DeploymentError::ProgressOutOfRange(101)),
+            ),
+            (
+                vec![],
+                update(None, Some(-1)),
+                Err(DeploymentError::ProgressOutOfRange(-1)),
+            ),
+            (
+                vec![update(Some(Completed), None)],
+                update(None, Some(50)),
+                Err(DeploymentError::AlreadyEnded(Completed)),
+            ),
+            (
+                vec![update(Some(Failed), None)],
+                update(Some(Running), None),
+                Err(DeploymentError::AlreadyEnded(Failed)),
+            ),
+            (
+                vec![update(Some(Running), None)],
+                update(Some(Pending), None),
+                Err(DeploymentError::BackToPending),
+            ),
+            (
+                vec![update(Some(Running), None)],
+                update(Some(Cancelled), None),
+                Ok(Cancelled),
+            ),
+        ];
+        for (i, (before, next, expected)) in table.into_iter().enumerate() {
+            let mut registry = Registry::default();
+            registry
+                .create(Some("d".into()), "app".into(), vec![], None, now)
+                .unwrap();
+            for step in before {
+                registry.update("d", step, None, now).unwrap();
+            }
+            let got = registry
+                .update("d", next, None, now)
+                .map(|c| c.deployment.status);
+            assert_eq!(got, expected, "row {i}");
+        }
+    }
+
+    #[test]
+    fn finished_deployments_are_bounded() {
+        let mut registry = Registry::new(RegistryLimits {
+            max_finished: 2,
+            max_log_lines: 1,
+        });
+        let now = at("2024-01-15T10:30:00Z");
+        for i in 0..3 {
+            let id = format!("d{i}");
+            registry
+                .create(Some(id.clone()), "a".into(), vec![], None, now)
+                .unwrap();
+            let done = Update {
+                status: Some(DeploymentStatus::Completed),
+                ..Update::default()
+            };
+            registry.update(&id, done, None, now).unwrap();
+        }
+        assert!(registry.get("d0").is_none());
+        assert!(registry.get("d2").is_some());
+        let unknown = registry.update("nope", Update::default(), None, now);
+        assert_eq!(unknown.err(), Some(DeploymentError::NotFound));
+    }
+}

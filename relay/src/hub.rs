@@ -1,0 +1,775 @@
+//! The hub: routes ingested items to subscriptions, keeps recent history.
+//!
+//! Routing cost is proportional to the subscriptions an item matches: the
+//! index is keyed by (host, application) with wildcard slots, so a log line
+//! looks at four small lists, not at every connection. Each item is
+//! serialized once; every subscriber gets the same `Bytes` and the writer
+//! splices its `subscriptionId` in (see [`Outgoing::to_text`]).
+//!
+//! Lock order, always: `index` → `deployments` → `history`. Routing holds
+//! the index read lock while it appends to history and pushes to queues; a
+//! subscription holds the write lock while it replays history and inserts
+//! itself, so a subscriber sees every item exactly once, history then live.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use o1_common::api::{
+    DeploymentMessage, DeploymentStatus, LogMessage, MetricName, MetricsMessage, NetworkRates,
+    ServerMessage, StatusMessage, SubscribeLogs, SubscribeMetrics,
+};
+use o1_common::matching::{LogFilter, MetricFilter, MetricSelection};
+use o1_common::wire::{DeploymentEvent, Item, LogRecord, MetricSample};
+use o1_common::{Level, Timestamp};
+
+use crate::deployments::{
+    Changed, Deployment, DeploymentError, DeploymentLog, Registry, RegistryLimits, Update,
+};
+use crate::outbound::{Outbound, Outgoing, SeriesKey};
+use crate::stats::Stats;
+
+/// Limits of the hub's memory.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// Log lines kept per (host, application) for `tail`.
+    pub lines_per_source: usize,
+    /// Bytes of serialized lines kept per (host, application).
+    pub bytes_per_source: usize,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            lines_per_source: 1000,
+            bytes_per_source: 512 * 1024,
+        }
+    }
+}
+
+/// A subscription as a connection remembers it, to remove it later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionHandle {
+    pub id: u64,
+    kind: HandleKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HandleKind {
+    Logs(Option<String>, Option<String>),
+    Metrics(Option<String>, Option<String>),
+    Deployment(String),
+}
+
+#[derive(Debug)]
+struct LogSubscription {
+    id: u64,
+    filter: LogFilter,
+    outbound: Arc<Outbound>,
+}
+
+#[derive(Debug)]
+struct MetricSubscription {
+    id: u64,
+    filter: MetricFilter,
+    outbound: Arc<Outbound>,
+}
+
+#[derive(Debug)]
+struct DeploymentSubscription {
+    id: u64,
+    outbound: Arc<Outbound>,
+}
+
+/// Subscriptions keyed by the host and application they ask for.
+#[derive(Debug)]
+struct SourceIndex<S> {
+    exact: HashMap<String, HashMap<String, Vec<S>>>,
+    by_host: HashMap<String, Vec<S>>,
+    by_application: HashMap<String, Vec<S>>,
+    any: Vec<S>,
+}
+
+impl<S> Default for SourceIndex<S> {
+    fn default() -> Self {
+        SourceIndex {
+            exact: HashMap::new(),
+            by_host: HashMap::new(),
+            by_application: HashMap::new(),
+            any: Vec::new(),
+        }
+    }
+}
+
+trait HasId {
+    fn id(&self) -> u64;
+}
+impl HasId for LogSubscription {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+impl HasId for MetricSubscription {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl<S: HasId> SourceIndex<S> {
+    fn insert(&mut self, host: Option<&str>, application: Option<&str>, subscription: S) {
+        let slot = match (host, application) {
+            (Some(h), Some(a)) => self
+                .exact
+                .entry(h.to_owned())
+                .or_default()
+                .entry(a.to_owned())
+                .or_default(),
+            (Some(h), None) => self.by_host.entry(h.to_owned()).or_default(),
+            (None, Some(a)) => self.by_application.entry(a.to_owned()).or_default(),
+            (None, None) => &mut self.any,
+        };
+        slot.push(subscription);
+    }
+
+    fn remove(&mut self, host: Option<&str>, application: Option<&str>, id: u64) {
+        fn retain<S: HasId>(list: &mut Vec<S>, id: u64) -> bool {
+            list.retain(|s| s.id() != id);
+            list.is_empty()
+        }
+        match (host, application) {
+            (Some(h), Some(a)) => {
+                if let Some(apps) = self.exact.get_mut(h) {
+                    if apps.get_mut(a).is_some_and(|list| retain(list, id)) {
+                        apps.remove(a);
+                    }
+                    if apps.is_empty() {
+                        self.exact.remove(h);
+                    }
+                }
+            }
+            (Some(h), None) => {
+                if self.by_host.get_mut(h).is_some_and(|list| retain(list, id)) {
+                    self.by_host.remove(h);
+                }
+            }
+            (None, Some(a)) => {
+                if self
+                    .by_application
+                    .get_mut(a)
+                    .is_some_and(|list| retain(list, id))
+                {
+                    self.by_application.remove(a);
+                }
+            }
+            (None, None) => {
+                retain(&mut self.any, id);
+            }
+        }
+    }
+
+    fn for_each_candidate(&self, host: &str, application: &str, mut f: impl FnMut(&S)) {
+        if let Some(list) = self.exact.get(host).and_then(|apps| apps.get(application)) {
+            list.iter().for_each(&mut f);
+        }
+        if let Some(list) = self.by_host.get(host) {
+            list.iter().for_each(&mut f);
+        }
+        if let Some(list) = self.by_application.get(application) {
+            list.iter().for_each(&mut f);
+        }
+        self.any.iter().for_each(f);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty()
+            && self.by_host.is_empty()
+            && self.by_application.is_empty()
+            && self.any.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    logs: SourceIndex<LogSubscription>,
+    metrics: SourceIndex<MetricSubscription>,
+    deployments: HashMap<String, Vec<DeploymentSubscription>>,
+}
+
+#[derive(Debug)]
+struct HistoryLine {
+    sequence: u64,
+    level: Level,
+    message: String,
+    body: Bytes,
+}
+
+#[derive(Debug)]
+struct Source {
+    host: Arc<str>,
+    application: Arc<str>,
+    lines: VecDeque<HistoryLine>,
+    line_bytes: usize,
+    latest_metric: Option<MetricsMessage>,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    sources: HashMap<String, HashMap<String, Source>>,
+    next_sequence: u64,
+}
+
+impl History {
+    fn source(&mut self, host: &str, application: &str) -> &mut Source {
+        let apps = self.sources.entry(host.to_owned()).or_default();
+        if !apps.contains_key(application) {
+            apps.insert(
+                application.to_owned(),
+                Source {
+                    host: Arc::from(host),
+                    application: Arc::from(application),
+                    lines: VecDeque::new(),
+                    line_bytes: 0,
+                    latest_metric: None,
+                },
+            );
+        }
+        // Inserted just above when missing.
+        apps.get_mut(application).unwrap_or_else(|| unreachable!())
+    }
+
+    fn matching_sources<'a>(
+        &'a self,
+        host: Option<&'a str>,
+        application: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Source> + 'a {
+        self.sources
+            .iter()
+            .filter(move |(h, _)| host.is_none_or(|want| want == h.as_str()))
+            .flat_map(move |(_, apps)| {
+                apps.iter()
+                    .filter(move |(a, _)| application.is_none_or(|want| want == a.as_str()))
+                    .map(|(_, source)| source)
+            })
+    }
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("Deployment not found")]
+    DeploymentNotFound,
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    index: RwLock<Index>,
+    deployments: Mutex<Registry>,
+    history: Mutex<History>,
+    limits: HistoryLimits,
+    next_subscription: AtomicU64,
+    pub stats: Arc<Stats>,
+}
+
+fn serialize(message: &ServerMessage) -> Bytes {
+    Bytes::from(message.to_json())
+}
+
+impl Hub {
+    pub fn new(stats: Arc<Stats>, limits: HistoryLimits, registry: RegistryLimits) -> Self {
+        Hub {
+            index: RwLock::new(Index::default()),
+            deployments: Mutex::new(Registry::new(registry)),
+            history: Mutex::new(History::default()),
+            limits,
+            next_subscription: AtomicU64::new(1),
+            stats,
+        }
+    }
+
+    fn read_index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn write_index(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+    fn lock_history(&self) -> MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn lock_deployments(&self) -> MutexGuard<'_, Registry> {
+        self.deployments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_subscription_id(&self) -> u64 {
+        self.next_subscription.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Subscribes to logs. `ack` is queued first, then up to `tail` recent
+    /// matching lines, then live lines.
+    pub fn subscribe_logs(
+        &self,
+        request: &SubscribeLogs,
+        outbound: &Arc<Outbound>,
+        ack: impl FnOnce(u64) -> Outgoing,
+    ) -> SubscriptionHandle {
+        let id = self.new_subscription_id();
+        let filter = LogFilter::from_request(request);
+        let mut index = self.write_index();
+        outbound.push_reply(ack(id));
+        let tail = request.tail.unwrap_or(0) as usize;
+        if tail > 0 {
+            let history = self.lock_history();
+            let mut replay: Vec<&HistoryLine> = history
+                .matching_sources(filter.host.as_deref(), filter.application.as_deref())
+                .flat_map(|source| source.lines.iter())
+                .filter(|line| filter.content_matches(line.level, &line.message))
+                .collect();
+            replay.sort_by_key(|line| line.sequence);
+            let skip = replay.len().saturating_sub(tail);
+            for line in &replay[skip..] {
+                outbound.push_reply(Outgoing {
+                    subscription: id,
+                    body: line.body.clone(),
+                    ingested_at: None,
+                });
+            }
+        }
+        let handle = SubscriptionHandle {
+            id,
+            kind: HandleKind::Logs(filter.host.clone(), filter.application.clone()),
+        };
+        index.logs.insert(
+            filter.host.clone().as_deref(),
+            filter.application.clone().as_deref(),
+            LogSubscription {
+                id,
+                filter,
+                outbound: outbound.clone(),
+            },
+        );
+        handle
+    }
+
+    /// Subscribes to metrics; the latest sample of every matching series is
+    /// queued at once after `ack`.
+    pub fn subscribe_metrics(
+        &self,
+        request: &SubscribeMetrics,
+        outbound: &Arc<Outbound>,
+        ack: impl FnOnce(u64) -> Outgoing,
+    ) -> SubscriptionHandle {
+        let id = self.new_subscription_id();
+        let filter = MetricFilter::from_request(request);
+        let mut index = self.write_index();
+        outbound.push_reply(ack(id));
+        {
+            let history = self.lock_history();
+            for source in
+                history.matching_sources(filter.host.as_deref(), filter.application.as_deref())
+            {
+                if let Some(latest) = &source.latest_metric {
+                    let body = serialize(&ServerMessage::Metrics(select_metrics(
+                        latest,
+                        filter.selection,
+                    )));
+                    outbound.push_metric(
+                        SeriesKey {
+                            subscription: id,
+                            host: source.host.clone(),
+                            application: source.application.clone(),
+                        },
+                        Outgoing {
+                            subscription: id,
+                            body,
+                            ingested_at: None,
+                        },
+                    );
+                }
+            }
+        }
+        let handle = SubscriptionHandle {
+            id,
+            kind: HandleKind::Metrics(filter.host.clone(), filter.application.clone()),
+        };
+        index.metrics.insert(
+            filter.host.clone().as_deref(),
+            filter.application.clone().as_deref(),
+            MetricSubscription {
+                id,
+                filter,
+                outbound: outbound.clone(),
+            },
+        );
+        handle
+    }
+
+    /// Subscribes to a deployment: `ack`, its current state, its recent log
+    /// lines, its final status if it has ended, then live updates.
+    pub fn subscribe_deployment(
+        &self,
+        deployment_id: &str,
+        outbound: &Arc<Outbound>,
+        ack: impl FnOnce(u64) -> Outgoing,
+    ) -> Result<SubscriptionHandle, SubscribeError> {
+        let mut index = self.write_index();
+        let registry = self.lock_deployments();
+        let Some(deployment) = registry.get(deployment_id) else {
+            return Err(SubscribeError::DeploymentNotFound);
+        };
+        let id = self.new_subscription_id();
+        outbound.push_reply(ack(id));
+        let reply = |message: ServerMessage| Outgoing {
+            subscription: id,
+            body: serialize(&message),
+            ingested_at: None,
+        };
+        outbound.push_reply(reply(deployment_message(deployment)));
+        for log in &deployment.logs {
+            outbound.push_reply(reply(deployment_log_message(deployment, log)));
+        }
+        if deployment.status.is_final() {
+            outbound.push_reply(reply(status_message(deployment)));
+        }
+        drop(registry);
+        index
+            .deployments
+            .entry(deployment_id.to_owned())
+            .or_default()
+            .push(DeploymentSubscription {
+                id,
+                outbound: outbound.clone(),
+            });
+        Ok(SubscriptionHandle {
+            id,
+            kind: HandleKind::Deployment(deployment_id.to_owned()),
+        })
+    }
+
+    pub fn unsubscribe(&self, handle: &SubscriptionHandle) {
+        let mut index = self.write_index();
+        match &handle.kind {
+            HandleKind::Logs(host, app) => {
+                index
+                    .logs
+                    .remove(host.as_deref(), app.as_deref(), handle.id)
+            }
+            HandleKind::Metrics(host, app) => {
+                index
+                    .metrics
+                    .remove(host.as_deref(), app.as_deref(), handle.id)
+            }
+            HandleKind::Deployment(deployment_id) => {
+                if let Some(list) = index.deployments.get_mut(deployment_id) {
+                    list.retain(|s| s.id != handle.id);
+                    if list.is_empty() {
+                        index.deployments.remove(deployment_id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether no subscription at all is registered (for tests and stats).
+    pub fn has_no_subscriptions(&self) -> bool {
+        let index = self.read_index();
+        index.logs.is_empty() && index.metrics.is_empty() && index.deployments.is_empty()
+    }
+
+    /// Routes the items of one batch from `host`. Returns how many items
+    /// could not be processed (invalid deployment events).
+    pub fn publish(&self, host: &str, items: &[Item], ingested_at: Instant, now: Timestamp) -> u64 {
+        let index = self.read_index();
+        let mut errors = 0;
+        for item in items {
+            let routed = match item {
+                Item::Log(record) => {
+                    self.route_log(&index, host, record, ingested_at);
+                    Ok(())
+                }
+                Item::Metric(sample) => {
+                    self.route_metric(&index, host, sample, ingested_at);
+                    Ok(())
+                }
+                Item::Deployment(event) => self.route_deployment_event(&index, host, event, now),
+            };
+            if let Err(error) = routed {
+                errors += 1;
+                tracing::debug!(%host, %error, "deployment event refused");
+            }
+        }
+        drop(index);
+        self.stats.items_ingested.add(items.len() as u64);
+        self.stats.processing_errors.add(errors);
+        errors
+    }
+
+    fn route_log(&self, index: &Index, host: &str, record: &LogRecord, ingested_at: Instant) {
+        let timestamp = Timestamp::from_unix_millis(record.timestamp_ms);
+        let message = LogMessage {
+            subscription_id: None,
+            deployment_id: record.deployment_id.clone(),
+            host: host.to_owned(),
+            application: record.application.clone(),
+            level: record.level,
+            message: record.message.clone(),
+            timestamp,
+        };
+        let body = serialize(&ServerMessage::Log(message));
+        if let Some(deployment_id) = &record.deployment_id {
+            let log = DeploymentLog {
+                host: host.to_owned(),
+                level: record.level,
+                message: record.message.clone(),
+                timestamp,
+            };
+            if self.lock_deployments().add_log(deployment_id, log).is_ok() {
+                for subscription in index.deployments.get(deployment_id).into_iter().flatten() {
+                    subscription.outbound.push_log(Outgoing {
+                        subscription: subscription.id,
+                        body: body.clone(),
+                        ingested_at: Some(ingested_at),
+                    });
+                }
+            }
+        }
+        {
+            let mut history = self.lock_history();
+            let sequence = history.next_sequence;
+            history.next_sequence += 1;
+            let source = history.source(host, &record.application);
+            source.line_bytes += body.len();
+            source.lines.push_back(HistoryLine {
+                sequence,
+                level: record.level,
+                message: record.message.clone(),
+                body: body.clone(),
+            });
+            while source.lines.len() > self.limits.lines_per_source
+                || (source.line_bytes > self.limits.bytes_per_source && source.lines.len() > 1)
+            {
+                if let Some(old) = source.lines.pop_front() {
+                    source.line_bytes -= old.body.len();
+                }
+            }
+        }
+        index
+            .logs
+            .for_each_candidate(host, &record.application, |subscription| {
+                if subscription
+                    .filter
+                    .content_matches(record.level, &record.message)
+                {
+                    subscription.outbound.push_log(Outgoing {
+                        subscription: subscription.id,
+                        body: body.clone(),
+                        ingested_at: Some(ingested_at),
+                    });
+                }
+            });
+    }
+
+    fn route_metric(&self, index: &Index, host: &str, sample: &MetricSample, ingested_at: Instant) {
+        let full = metrics_message(host, sample);
+        let (host_name, application) = {
+            let mut history = self.lock_history();
+            let source = history.source(host, &sample.application);
+            source.latest_metric = Some(full.clone());
+            (source.host.clone(), source.application.clone())
+        };
+        let mut by_selection: [Option<Bytes>; 16] = Default::default();
+        index
+            .metrics
+            .for_each_candidate(host, &sample.application, |subscription| {
+                let selection = subscription.filter.selection;
+                let body = by_selection[selection.index()]
+                    .get_or_insert_with(|| {
+                        serialize(&ServerMessage::Metrics(select_metrics(&full, selection)))
+                    })
+                    .clone();
+                subscription.outbound.push_metric(
+                    SeriesKey {
+                        subscription: subscription.id,
+                        host: host_name.clone(),
+                        application: application.clone(),
+                    },
+                    Outgoing {
+                        subscription: subscription.id,
+                        body,
+                        ingested_at: Some(ingested_at),
+                    },
+                );
+            });
+    }
+
+    fn route_deployment_event(
+        &self,
+        index: &Index,
+        host: &str,
+        event: &DeploymentEvent,
+        now: Timestamp,
+    ) -> Result<(), DeploymentError> {
+        let update = Update {
+            status: Some(event.status),
+            progress: event.progress.map(i64::from),
+            message: Some(event.message.clone()),
+        };
+        let changed = self.lock_deployments().update(
+            &event.deployment_id,
+            update,
+            Some((&event.application, host)),
+            now,
+        )?;
+        self.announce(index, &changed);
+        Ok(())
+    }
+
+    /// Applies a deployment update from REST and tells its subscribers.
+    pub fn update_deployment(
+        &self,
+        id: &str,
+        update: Update,
+        now: Timestamp,
+    ) -> Result<Deployment, DeploymentError> {
+        let index = self.read_index();
+        let changed = self.lock_deployments().update(id, update, None, now)?;
+        self.announce(&index, &changed);
+        Ok(changed.deployment)
+    }
+
+    /// Publishes log lines of a deployment given over REST.
+    pub fn deployment_logs(
+        &self,
+        id: &str,
+        host: &str,
+        lines: &[(Level, String)],
+        now: Timestamp,
+    ) -> Result<(), DeploymentError> {
+        let application = {
+            let registry = self.lock_deployments();
+            let deployment = registry.get(id).ok_or(DeploymentError::NotFound)?;
+            if deployment.status.is_final() {
+                return Err(DeploymentError::AlreadyEnded(deployment.status));
+            }
+            deployment.application.clone()
+        };
+        let items: Vec<Item> = lines
+            .iter()
+            .map(|(level, message)| {
+                Item::Log(LogRecord {
+                    application: application.clone(),
+                    timestamp_ms: now.unix_millis,
+                    level: *level,
+                    message: message.clone(),
+                    deployment_id: Some(id.to_owned()),
+                })
+            })
+            .collect();
+        self.publish(host, &items, Instant::now(), now);
+        Ok(())
+    }
+
+    fn announce(&self, index: &Index, changed: &Changed) {
+        let Some(subscriptions) = index.deployments.get(&changed.deployment.deployment_id) else {
+            return;
+        };
+        let progress = serialize(&deployment_message(&changed.deployment));
+        let status = changed
+            .ended
+            .then(|| serialize(&status_message(&changed.deployment)));
+        for subscription in subscriptions {
+            for body in std::iter::once(&progress).chain(status.as_ref()) {
+                subscription.outbound.push_reply(Outgoing {
+                    subscription: subscription.id,
+                    body: body.clone(),
+                    ingested_at: None,
+                });
+            }
+        }
+    }
+}
+
+fn deployment_message(deployment: &Deployment) -> ServerMessage {
+    ServerMessage::Deployment(DeploymentMessage {
+        subscription_id: None,
+        deployment_id: deployment.deployment_id.clone(),
+        status: deployment.status,
+        message: deployment.message.clone(),
+        timestamp: deployment.updated_at,
+        progress: deployment.progress,
+    })
+}
+
+fn deployment_log_message(deployment: &Deployment, log: &DeploymentLog) -> ServerMessage {
+    ServerMessage::Log(LogMessage {
+        subscription_id: None,
+        deployment_id: Some(deployment.deployment_id.clone()),
+        host: log.host.clone(),
+        application: deployment.application.clone(),
+        level: log.level,
+        message: log.message.clone(),
+        timestamp: log.timestamp,
+    })
+}
+
+fn status_message(deployment: &Deployment) -> ServerMessage {
+    let message = match deployment.status {
+        DeploymentStatus::Completed if deployment.message.is_empty() => {
+            "Deployment completed successfully".into()
+        }
+        _ => deployment.message.clone(),
+    };
+    ServerMessage::Status(StatusMessage {
+        subscription_id: None,
+        deployment_id: Some(deployment.deployment_id.clone()),
+        status: deployment.status,
+        message,
+        timestamp: deployment.ended_at.unwrap_or(deployment.updated_at),
+    })
+}
+
+fn finite(value: f64) -> f64 {
+    if value.is_finite() {
+        (value * 100.0).round() / 100.0
+    } else {
+        0.0
+    }
+}
+
+fn metrics_message(host: &str, sample: &MetricSample) -> MetricsMessage {
+    MetricsMessage {
+        subscription_id: None,
+        host: host.to_owned(),
+        application: sample.application.clone(),
+        cpu: Some(finite(sample.cpu_percent)),
+        memory: Some(finite(sample.memory_percent)),
+        disk: sample.disk_percent.map(finite),
+        network: sample.network.map(|(rx, tx)| NetworkRates {
+            rx_bytes_per_second: finite(rx),
+            tx_bytes_per_second: finite(tx),
+        }),
+        memory_bytes: Some(sample.memory_bytes),
+        disk_bytes: sample.disk_bytes,
+        up: Some(sample.up),
+        timestamp: Timestamp::from_unix_millis(sample.timestamp_ms),
+    }
+}
+
+/// The fields a subscription selected: `memoryBytes` goes with `memory`,
+/// `diskBytes` with `disk`; `up` and the identity fields always.
+pub fn select_metrics(full: &MetricsMessage, selection: MetricSelection) -> MetricsMessage {
+    let keep = |name| selection.contains(name);
+    MetricsMessage {
+        subscription_id: None,
+        host: full.host.clone(),
+        application: full.application.clone(),
+        cpu: full.cpu.filter(|_| keep(MetricName::Cpu)),
+        memory: full.memory.filter(|_| keep(MetricName::Memory)),
+        memory_bytes: full.memory_bytes.filter(|_| keep(MetricName::Memory)),
+        disk: full.disk.filter(|_| keep(MetricName::Disk)),
+        disk_bytes: full.disk_bytes.filter(|_| keep(MetricName::Disk)),
+        network: full.network.filter(|_| keep(MetricName::Network)),
+        up: full.up,
+        timestamp: full.timestamp,
+    }
+}

@@ -1,0 +1,316 @@
+//! The bounded outbound queue of one WebSocket connection.
+//!
+//! Producers (the hub routing ingested data, the connection's own replies)
+//! push; the connection's writer drains. The policy when a reader is slow:
+//!
+//! - replies, deployment and status messages always enter: they are rare and
+//!   bounded by the client's own (rate-limited) requests and by deployments;
+//! - metrics are conflated: one slot per (subscription, host, application),
+//!   the newest sample replaces the queued one;
+//! - log lines beyond [`OutboundLimits::max_queued`] are dropped and counted
+//!   per subscription; once the writer catches up the client receives a
+//!   `dropped` message with the count;
+//! - a queue that stays full for [`OutboundLimits::stall_timeout`] marks the
+//!   reader as stalled, and the connection closes it with code
+//!   [`CLOSE_SLOW_READER`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::stats::Stats;
+
+/// Close code for a reader that stayed too slow (private-use range).
+pub const CLOSE_SLOW_READER: u16 = 4008;
+
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundLimits {
+    /// Most log messages queued for one connection.
+    pub max_queued: usize,
+    /// Most distinct conflated metric series queued for one connection.
+    pub max_metric_series: usize,
+    /// How long the queue may stay full before the reader is called stalled.
+    pub stall_timeout: Duration,
+}
+
+impl Default for OutboundLimits {
+    fn default() -> Self {
+        OutboundLimits {
+            max_queued: 4096,
+            max_metric_series: 4096,
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One message waiting to be written.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The subscription it matched; `0` for replies that carry no
+    /// `subscriptionId` of their own.
+    pub subscription: u64,
+    /// The JSON object, without `subscriptionId`, shared by every
+    /// subscriber it was routed to.
+    pub body: Bytes,
+    /// When the item entered the relay, for latency figures.
+    pub ingested_at: Option<Instant>,
+}
+
+impl Outgoing {
+    pub fn reply(body: Bytes) -> Self {
+        Outgoing {
+            subscription: 0,
+            body,
+            ingested_at: None,
+        }
+    }
+
+    /// The text frame for this subscriber: `{"subscriptionId":"sub-N",` and
+    /// the shared body after its opening brace. One allocation and a copy,
+    /// no re-serialization.
+    pub fn to_text(&self) -> String {
+        let body = std::str::from_utf8(&self.body).unwrap_or("{}");
+        if self.subscription == 0 {
+            return body.to_owned();
+        }
+        let rest = body.strip_prefix('{').unwrap_or(body);
+        let mut text = String::with_capacity(body.len() + 40);
+        text.push_str("{\"subscriptionId\":\"");
+        text.push_str(&subscription_name(self.subscription));
+        text.push_str("\",");
+        text.push_str(rest);
+        text
+    }
+}
+
+pub fn subscription_name(id: u64) -> String {
+    format!("sub-{id}")
+}
+
+/// Identifies a conflated metric series within a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeriesKey {
+    pub subscription: u64,
+    pub host: Arc<str>,
+    pub application: Arc<str>,
+}
+
+/// What the writer takes in one go.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub messages: Vec<Outgoing>,
+    /// (subscription, count) of log messages dropped since the last drain.
+    pub dropped: Vec<(u64, u64)>,
+    pub ping: bool,
+    pub close: Option<(u16, String)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Outgoing>,
+    metrics: HashMap<SeriesKey, Outgoing>,
+    dropped: Vec<(u64, u64)>,
+    ping: bool,
+    close: Option<(u16, String)>,
+    full_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct Outbound {
+    state: Mutex<State>,
+    notify: Notify,
+    limits: OutboundLimits,
+    stats: Arc<Stats>,
+}
+
+impl Outbound {
+    pub fn new(limits: OutboundLimits, stats: Arc<Stats>) -> Self {
+        Outbound {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limits,
+            stats,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain data behind; keep going.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A reply or a message that must not be dropped (deployment, status).
+    pub fn push_reply(&self, message: Outgoing) {
+        self.lock().queue.push_back(message);
+        self.notify.notify_one();
+    }
+
+    /// A log line: dropped and counted when the queue is full.
+    pub fn push_log(&self, message: Outgoing) {
+        let mut state = self.lock();
+        if state.queue.len() >= self.limits.max_queued {
+            state.full_since.get_or_insert_with(Instant::now);
+            let subscription = message.subscription;
+            match state.dropped.iter_mut().find(|(id, _)| *id == subscription) {
+                Some((_, count)) => *count += 1,
+                None => state.dropped.push((subscription, 1)),
+            }
+            drop(state);
+            self.stats.messages_dropped.inc();
+            return;
+        }
+        state.queue.push_back(message);
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// A metric sample: replaces a queued sample of the same series.
+    pub fn push_metric(&self, key: SeriesKey, message: Outgoing) {
+        let mut state = self.lock();
+        if let Some(slot) = state.metrics.get_mut(&key) {
+            *slot = message;
+            return;
+        }
+        if state.metrics.len() >= self.limits.max_metric_series {
+            drop(state);
+            self.stats.messages_dropped.inc();
+            return;
+        }
+        state.metrics.insert(key, message);
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    pub fn push_ping(&self) {
+        self.lock().ping = true;
+        self.notify.notify_one();
+    }
+
+    /// Asks the writer to send a close frame after what is queued.
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        let mut state = self.lock();
+        if state.close.is_none() {
+            state.close = Some((code, reason.into()));
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Whether the queue has been full for longer than the stall timeout.
+    pub fn is_stalled(&self, now: Instant) -> bool {
+        self.lock()
+            .full_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.limits.stall_timeout)
+    }
+
+    /// Waits until something is queued, then takes all of it.
+    pub async fn next(&self) -> Drained {
+        loop {
+            {
+                let mut state = self.lock();
+                let has_work = !state.queue.is_empty()
+                    || !state.metrics.is_empty()
+                    || !state.dropped.is_empty()
+                    || state.ping
+                    || state.close.is_some();
+                if has_work {
+                    let mut messages: Vec<Outgoing> = state.queue.drain(..).collect();
+                    messages.extend(state.metrics.drain().map(|(_, m)| m));
+                    if state.queue.capacity() > self.limits.max_queued.min(256) {
+                        state.queue.shrink_to(64);
+                    }
+                    state.full_since = None;
+                    return Drained {
+                        messages,
+                        dropped: std::mem::take(&mut state.dropped),
+                        ping: std::mem::take(&mut state.ping),
+                        close: state.close.take(),
+                    };
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbound(max_queued: usize) -> Outbound {
+        Outbound::new(
+            OutboundLimits {
+                max_queued,
+                max_metric_series: 2,
+                stall_timeout: Duration::from_millis(0),
+            },
+            Arc::new(Stats::new()),
+        )
+    }
+
+    fn message(subscription: u64, body: &str) -> Outgoing {
+        Outgoing {
+            subscription,
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            ingested_at: None,
+        }
+    }
+
+    #[test]
+    fn splices_the_subscription_id_into_the_shared_body() {
+        let shared = message(7, r#"{"type":"log","message":"hi"}"#);
+        assert_eq!(
+            shared.to_text(),
+            r#"{"subscriptionId":"sub-7","type":"log","message":"hi"}"#
+        );
+        assert_eq!(
+            message(0, r#"{"type":"pong"}"#).to_text(),
+            r#"{"type":"pong"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_logs_counts_them_and_keeps_replies() {
+        let queue = outbound(2);
+        for i in 0..5 {
+            queue.push_log(message(1, &format!("{{\"n\":{i}}}")));
+        }
+        queue.push_reply(message(0, "{}"));
+        assert!(queue.is_stalled(Instant::now()));
+        let drained = queue.next().await;
+        assert_eq!(drained.messages.len(), 3);
+        assert_eq!(drained.dropped, vec![(1, 3)]);
+        assert_eq!(queue.stats.messages_dropped.get(), 3);
+        assert!(
+            !queue.is_stalled(Instant::now()),
+            "draining clears the stall"
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_conflate_per_series() {
+        let queue = outbound(10);
+        let key = |app: &str| SeriesKey {
+            subscription: 1,
+            host: Arc::from("h"),
+            application: Arc::from(app),
+        };
+        queue.push_metric(key("a"), message(1, r#"{"cpu":1}"#));
+        queue.push_metric(key("a"), message(1, r#"{"cpu":2}"#));
+        queue.push_metric(key("b"), message(1, r#"{"cpu":3}"#));
+        queue.push_metric(key("c"), message(1, r#"{"cpu":4}"#));
+        let drained = queue.next().await;
+        let mut bodies: Vec<_> = drained.messages.iter().map(|m| m.body.clone()).collect();
+        bodies.sort();
+        assert_eq!(bodies, [&br#"{"cpu":2}"#[..], &br#"{"cpu":3}"#[..]]);
+        assert_eq!(
+            queue.stats.messages_dropped.get(),
+            1,
+            "series over the bound"
+        );
+    }
+}

@@ -1,0 +1,483 @@
+//! REST: the seed's statistics endpoints, Prometheus `/metrics`, the host
+//! inventory and deployment publishing for CI systems.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use o1_common::Level;
+use o1_common::Timestamp;
+use o1_common::api::{
+    BatcherStats, ConnectionCounts, DeploymentStatus, ErrorCode, ErrorMessage, HealthResponse,
+    HealthStatus, MessageCounts, MetricsResponse, PerformanceMetrics, PoolStats,
+    ProcessPerformance, ProcessorStats, ServerMessage, StatsResponse, format_megabytes,
+    format_uptime,
+};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::deployments::{DeploymentError, Update};
+
+fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = ServerMessage::Error(ErrorMessage::new(code, message, Timestamp::now()));
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_json(),
+    )
+        .into_response()
+}
+
+pub async fn stats(State(state): State<AppState>) -> Json<StatsResponse> {
+    let stats = &state.stats;
+    let total = stats.connections_current.get();
+    let active = stats.connections_active.get().min(total);
+    let batches = stats.batches_ingested.get();
+    let items = stats.items_ingested.get();
+    let errors = stats.processing_errors.get();
+    let (average, p95, p99) = stats.latency_millis();
+    Json(StatsResponse {
+        total_connections: total,
+        pool_stats: PoolStats {
+            active,
+            idle: total - active,
+            total,
+        },
+        batcher_stats: BatcherStats {
+            batches_processed: batches,
+            messages_processed: items,
+            average_batch_size: items.checked_div(batches).unwrap_or(0),
+        },
+        processor_stats: ProcessorStats {
+            messages_processed: items,
+            errors,
+            success_rate: if items == 0 {
+                100.0
+            } else {
+                ((items.saturating_sub(errors)) as f64 / items as f64 * 10_000.0).round() / 100.0
+            },
+        },
+        performance_metrics: PerformanceMetrics {
+            average_response_time: average,
+            p95,
+            p99,
+        },
+    })
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Json<MetricsResponse> {
+    let stats = &state.stats;
+    let (cpu, memory) = stats.process_usage();
+    Json(MetricsResponse {
+        connections: ConnectionCounts {
+            current: stats.connections_current.get(),
+            peak: stats.connections_peak.get(),
+            total: stats.connections_total.get(),
+        },
+        messages: MessageCounts {
+            sent: stats.messages_sent.get(),
+            received: stats.messages_received.get(),
+            dropped: stats.messages_dropped.get(),
+        },
+        performance: ProcessPerformance {
+            uptime: format_uptime(stats.uptime().as_secs()),
+            memory_usage: format_megabytes(memory),
+            cpu_usage: format!("{cpu:.1}%"),
+        },
+    })
+}
+
+pub async fn health(State(state): State<AppState>) -> Response {
+    let connection_count = state.stats.connections_current.get();
+    let (status, code) = if state.shutdown.is_cancelled() {
+        (HealthStatus::Unhealthy, StatusCode::SERVICE_UNAVAILABLE)
+    } else if state.gate.is_full() {
+        (HealthStatus::Degraded, StatusCode::SERVICE_UNAVAILABLE)
+    } else {
+        (HealthStatus::Healthy, StatusCode::OK)
+    };
+    let body = HealthResponse {
+        status,
+        connection_count,
+        timestamp: Timestamp::now(),
+    };
+    (code, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn prometheus(State(state): State<AppState>) -> Response {
+    use std::fmt::Write;
+    let s = &state.stats;
+    let (cpu, memory) = s.process_usage();
+    let (average, p95, p99) = s.latency_millis();
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "o1_websocket_connections",
+        "gauge",
+        "WebSocket connections open now.",
+        s.connections_current.get() as f64,
+    );
+    metric(
+        "o1_websocket_connections_peak",
+        "gauge",
+        "Most WebSocket connections open at once.",
+        s.connections_peak.get() as f64,
+    );
+    metric(
+        "o1_websocket_connections_total",
+        "counter",
+        "WebSocket connections accepted.",
+        s.connections_total.get() as f64,
+    );
+    metric(
+        "o1_websocket_connections_refused_total",
+        "counter",
+        "Connections refused by a limit.",
+        s.connections_refused.get() as f64,
+    );
+    metric(
+        "o1_websocket_connections_active",
+        "gauge",
+        "Connections with at least one subscription.",
+        s.connections_active.get() as f64,
+    );
+    metric(
+        "o1_websocket_messages_received_total",
+        "counter",
+        "Client messages received.",
+        s.messages_received.get() as f64,
+    );
+    metric(
+        "o1_websocket_messages_sent_total",
+        "counter",
+        "Messages written to sockets.",
+        s.messages_sent.get() as f64,
+    );
+    metric(
+        "o1_websocket_messages_dropped_total",
+        "counter",
+        "Messages dropped for slow readers.",
+        s.messages_dropped.get() as f64,
+    );
+    metric(
+        "o1_websocket_invalid_messages_total",
+        "counter",
+        "Client messages answered with invalid_message.",
+        s.invalid_messages.get() as f64,
+    );
+    metric(
+        "o1_websocket_rate_limited_total",
+        "counter",
+        "Client messages answered with rate_limit_exceeded.",
+        s.rate_limited.get() as f64,
+    );
+    metric(
+        "o1_websocket_slow_readers_closed_total",
+        "counter",
+        "Connections closed as stalled readers.",
+        s.slow_readers_closed.get() as f64,
+    );
+    metric(
+        "o1_ingest_batches_total",
+        "counter",
+        "Agent batches ingested.",
+        s.batches_ingested.get() as f64,
+    );
+    metric(
+        "o1_ingest_items_total",
+        "counter",
+        "Items ingested.",
+        s.items_ingested.get() as f64,
+    );
+    metric(
+        "o1_ingest_duplicate_batches_total",
+        "counter",
+        "Duplicate batches dropped.",
+        s.duplicate_batches.get() as f64,
+    );
+    metric(
+        "o1_ingest_errors_total",
+        "counter",
+        "Items that could not be processed.",
+        s.processing_errors.get() as f64,
+    );
+    metric(
+        "o1_agent_spool_dropped_items_total",
+        "counter",
+        "Items agents dropped from full spools.",
+        s.agent_dropped_items.get() as f64,
+    );
+    metric(
+        "o1_uplink_agents_connected",
+        "gauge",
+        "Agents connected now.",
+        s.agents_connected.get() as f64,
+    );
+    metric(
+        "o1_uplink_auth_failures_total",
+        "counter",
+        "Agents refused for bad credentials.",
+        s.uplink_auth_failures.get() as f64,
+    );
+    metric(
+        "o1_uplink_handshake_failures_total",
+        "counter",
+        "QUIC/TLS handshakes that failed.",
+        s.uplink_handshake_failures.get() as f64,
+    );
+    metric(
+        "o1_uplink_protocol_errors_total",
+        "counter",
+        "Uplink connections closed for protocol errors.",
+        s.uplink_protocol_errors.get() as f64,
+    );
+    metric(
+        "o1_delivery_latency_mean_milliseconds",
+        "gauge",
+        "Ingest-to-socket latency, mean over the recent window.",
+        average,
+    );
+    metric(
+        "o1_delivery_latency_p95_milliseconds",
+        "gauge",
+        "Ingest-to-socket latency, p95 over the recent window.",
+        p95,
+    );
+    metric(
+        "o1_delivery_latency_p99_milliseconds",
+        "gauge",
+        "Ingest-to-socket latency, p99 over the recent window.",
+        p99,
+    );
+    metric(
+        "o1_process_cpu_percent",
+        "gauge",
+        "Relay CPU use, percent of all cores.",
+        cpu,
+    );
+    metric(
+        "o1_process_resident_memory_bytes",
+        "gauge",
+        "Relay resident memory.",
+        memory as f64,
+    );
+    metric(
+        "o1_process_uptime_seconds",
+        "gauge",
+        "Seconds since the relay started.",
+        s.uptime().as_secs_f64(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// `GET /api/hosts`.
+pub async fn hosts(State(state): State<AppState>) -> Response {
+    Json(serde_json::json!({ "hosts": state.inventory.snapshot() })).into_response()
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token {
+        Some(token) if state.tokens.verify(token) => Ok(()),
+        Some(_) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "Invalid token",
+        )),
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "Missing token: send `Authorization: Bearer <token>`",
+        )),
+    }
+}
+
+fn deployment_error(e: DeploymentError) -> Response {
+    let status = match e {
+        DeploymentError::NotFound => StatusCode::NOT_FOUND,
+        DeploymentError::AlreadyExists(_)
+        | DeploymentError::AlreadyEnded(_)
+        | DeploymentError::BackToPending => StatusCode::CONFLICT,
+        DeploymentError::InvalidId(_) | DeploymentError::ProgressOutOfRange(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+    };
+    let code = if status == StatusCode::NOT_FOUND {
+        ErrorCode::SubscriptionFailed
+    } else {
+        ErrorCode::InvalidMessage
+    };
+    error(status, code, e.to_string())
+}
+
+/// Parses a JSON body into `T`, with a 400 that names the field.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let message = if path == "." {
+            format!("invalid JSON body: {}", e.inner())
+        } else {
+            format!("field `{path}`: {}", e.inner())
+        };
+        error(StatusCode::BAD_REQUEST, ErrorCode::InvalidMessage, message)
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateDeployment {
+    deployment_id: Option<String>,
+    application: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    message: Option<String>,
+}
+
+/// `POST /api/deployments`.
+pub async fn create_deployment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(response) = authorize(&state, &headers) {
+        return response;
+    }
+    let request: CreateDeployment = match parse_body(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let created = state.hub.lock_deployments().create(
+        request.deployment_id,
+        request.application,
+        request.hosts,
+        request.message,
+        Timestamp::now(),
+    );
+    match created {
+        Ok(deployment) => (StatusCode::CREATED, Json(deployment)).into_response(),
+        Err(e) => deployment_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DeploymentEventRequest {
+    status: Option<DeploymentStatus>,
+    progress: Option<i64>,
+    message: Option<String>,
+    #[serde(default)]
+    logs: Vec<LogLineRequest>,
+    /// Host the log lines come from; default `ci`.
+    host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLineRequest {
+    level: Option<Level>,
+    message: String,
+}
+
+/// `POST /api/deployments/{id}/events`: log lines, then a state change.
+pub async fn deployment_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(response) = authorize(&state, &headers) {
+        return response;
+    }
+    let request: DeploymentEventRequest = match parse_body(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let now = Timestamp::now();
+    if let Some(progress) = request.progress {
+        if !(0..=100).contains(&progress) {
+            return deployment_error(DeploymentError::ProgressOutOfRange(progress));
+        }
+    }
+    if !request.logs.is_empty() {
+        let lines: Vec<(Level, String)> = request
+            .logs
+            .into_iter()
+            .map(|l| (l.level.unwrap_or_default(), l.message))
+            .collect();
+        let host = request.host.as_deref().unwrap_or("ci");
+        if let Err(e) = state.hub.deployment_logs(&id, host, &lines, now) {
+            return deployment_error(e);
+        }
+    }
+    if request.status.is_none() && request.progress.is_none() && request.message.is_none() {
+        return match state.hub.lock_deployments().get(&id) {
+            Some(deployment) => Json(deployment.clone()).into_response(),
+            None => deployment_error(DeploymentError::NotFound),
+        };
+    }
+    let update = Update {
+        status: request.status,
+        progress: request.progress,
+        message: request.message,
+    };
+    match state.hub.update_deployment(&id, update, now) {
+        Ok(deployment) => Json(deployment).into_response(),
+        Err(e) => deployment_error(e),
+    }
+}
+
+/// `POST /api/deployments/{id}/cancel`.
+pub async fn cancel_deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authorize(&state, &headers) {
+        return response;
+    }
+    let update = Update {
+        status: Some(DeploymentStatus::Cancelled),
+        progress: None,
+        message: Some("Deployment cancelled".into()),
+    };
+    match state.hub.update_deployment(&id, update, Timestamp::now()) {
+        Ok(deployment) => Json(deployment).into_response(),
+        Err(e) => deployment_error(e),
+    }
+}
+
+/// `GET /api/deployments`.
+pub async fn list_deployments(State(state): State<AppState>) -> Response {
+    let registry = state.hub.lock_deployments();
+    let list: Vec<_> = registry.list().into_iter().cloned().collect();
+    drop(registry);
+    Json(serde_json::json!({ "deployments": list })).into_response()
+}
+
+/// `GET /api/deployments/{id}`.
+pub async fn get_deployment(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.hub.lock_deployments().get(&id) {
+        Some(deployment) => Json(deployment.clone()).into_response(),
+        None => deployment_error(DeploymentError::NotFound),
+    }
+}
+
+/// Any other path.
+pub async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        ErrorCode::InvalidMessage,
+        "No such endpoint",
+    )
+}

@@ -1,0 +1,421 @@
+//! The agent uplink: a QUIC endpoint (quinn, rustls with ring, TLS 1.3,
+//! ALPN `o1/1`) where agents push batches.
+//!
+//! Per connection: the agent opens one bidirectional stream and sends
+//! `Hello`; the relay checks the token and answers `Welcome` or `Refused`
+//! (then closes with [`close_code::UNAUTHORIZED`]). Then `Batch` frames
+//! flow in and cumulative `Ack` frames flow back: `Ack { sequence: n }`
+//! means every batch up to `n` has been routed. A batch whose sequence is
+//! not above the agent's high-water mark is a duplicate (a resend after a
+//! lost ack): it is acked again and not routed.
+//!
+//! Failures (bad TLS, wrong ALPN, bad credentials, frames that do not
+//! decode) close only that connection, with a reason; each kind is counted
+//! in the stats and logged at most once a minute.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use o1_common::Timestamp;
+use o1_common::wire::{
+    self, Ack, AgentMessage, Credentials, FrameReader, Hello, RelayMessage, Welcome,
+};
+use quinn::VarInt;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+
+/// QUIC application close codes of the uplink.
+pub mod close_code {
+    pub const NORMAL: u32 = 0;
+    /// Credentials refused.
+    pub const UNAUTHORIZED: u32 = 1;
+    /// A frame did not decode, or broke the protocol.
+    pub const PROTOCOL_ERROR: u32 = 2;
+    /// The relay is shutting down.
+    pub const SHUTTING_DOWN: u32 = 3;
+}
+
+/// How long an agent has to open its stream and say `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read certificate {path}: {message}")]
+    Certificate { path: String, message: String },
+    #[error("cannot read private key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
+}
+
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the QUIC server configuration from PEM files.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    idle_timeout: Duration,
+) -> Result<quinn::ServerConfig, TlsSetupError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsSetupError::Certificate {
+            path: cert.display().to_string(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::Certificate {
+            path: cert.display().to_string(),
+            message: "no certificate in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsSetupError::Key {
+        path: key.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsSetupError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(idle_timeout)
+                .map_err(|e| TlsSetupError::Quic(e.to_string()))?,
+        ))
+        .keep_alive_interval(Some(idle_timeout / 3))
+        .max_concurrent_bidi_streams(VarInt::from_u32(4))
+        .max_concurrent_uni_streams(VarInt::from_u32(0));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Logs each kind of failure at most once a minute, with how many similar
+/// ones were not logged in between.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    kinds: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl LogLimiter {
+    /// Returns `Some(suppressed)` when this occurrence should be logged.
+    pub fn should_log(&self, kind: &'static str) -> Option<u64> {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match kinds.get_mut(kind) {
+            Some((last, suppressed)) if now.duration_since(*last) < Duration::from_secs(60) => {
+                *suppressed += 1;
+                None
+            }
+            Some((last, suppressed)) => {
+                *last = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                kinds.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+macro_rules! warn_limited {
+    ($limiter:expr, $kind:literal, $($arg:tt)+) => {
+        if let Some(suppressed) = $limiter.should_log($kind) {
+            tracing::warn!(kind = $kind, suppressed_since_last = suppressed, $($arg)+);
+        }
+    };
+}
+
+/// State shared by every uplink connection.
+#[derive(Debug, Default)]
+pub struct UplinkState {
+    /// Highest sequence routed per agent id.
+    high_water: Mutex<HashMap<String, u64>>,
+    log: LogLimiter,
+}
+
+/// Accepts agents until `shutdown`, then closes the endpoint.
+pub async fn serve(endpoint: quinn::Endpoint, state: AppState, shutdown: CancellationToken) {
+    let uplink = Arc::new(UplinkState::default());
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { break };
+        if state.stats.agents_connected.get() as usize >= state.config.uplink.max_agents {
+            warn_limited!(uplink.log, "too_many_agents", remote = %incoming.remote_address(), "agent refused: uplink.max_agents reached");
+            incoming.refuse();
+            continue;
+        }
+        let state = state.clone();
+        let uplink = uplink.clone();
+        state.tracker.clone().spawn(async move {
+            handle_connection(incoming, state, uplink).await;
+        });
+    }
+    endpoint.close(
+        VarInt::from_u32(close_code::SHUTTING_DOWN),
+        b"relay shutting down",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: Arc<UplinkState>) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.accept() {
+        Ok(connecting) => connecting.await,
+        Err(e) => Err(e),
+    };
+    let connection = match connection {
+        Ok(connection) => connection,
+        Err(error) => {
+            state.stats.uplink_handshake_failures.inc();
+            warn_limited!(uplink.log, "handshake", %remote, %error, "uplink handshake failed");
+            return;
+        }
+    };
+    let (mut send, mut recv) =
+        match tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(error)) => {
+                tracing::debug!(%remote, %error, "agent left before opening its stream");
+                return;
+            }
+            Err(_) => {
+                state.stats.uplink_protocol_errors.inc();
+                connection.close(
+                    VarInt::from_u32(close_code::PROTOCOL_ERROR),
+                    b"no stream opened in time",
+                );
+                return;
+            }
+        };
+    let max_frame = state.config.uplink.max_frame_bytes;
+    let mut reader = FrameReader::new(max_frame);
+    let mut buffer = vec![0u8; 64 * 1024];
+    let hello = match tokio::time::timeout(
+        HELLO_TIMEOUT,
+        read_message(&mut recv, &mut reader, &mut buffer),
+    )
+    .await
+    {
+        Ok(Ok(Some(AgentMessage::Hello(hello)))) => hello,
+        Ok(Ok(Some(AgentMessage::Batch(_)))) => {
+            protocol_error(
+                &state,
+                &uplink,
+                &connection,
+                remote,
+                "a batch came before hello",
+            );
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(reason)) => {
+            protocol_error(&state, &uplink, &connection, remote, &reason);
+            return;
+        }
+        Err(_) => {
+            protocol_error(&state, &uplink, &connection, remote, "no hello in time");
+            return;
+        }
+    };
+    if let Err(reason) = authenticate(&state, &hello) {
+        state.stats.uplink_auth_failures.inc();
+        warn_limited!(uplink.log, "auth", %remote, host = %hello.host, agent_id = %hello.agent_id, %reason, "agent refused");
+        let mut out = Vec::new();
+        let refusal = RelayMessage::Refused(wire::Refused {
+            reason: reason.clone(),
+        });
+        if wire::encode_frame(&refusal, &mut out, max_frame).is_ok() {
+            let _ = send.write_all(&out).await;
+            let _ = send.finish();
+        }
+        // Give the refusal a moment to leave before the close overtakes it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        connection.close(
+            VarInt::from_u32(close_code::UNAUTHORIZED),
+            reason.as_bytes(),
+        );
+        return;
+    }
+    let mut out = Vec::new();
+    let welcome = RelayMessage::Welcome(Welcome {
+        relay_version: env!("CARGO_PKG_VERSION").to_owned(),
+    });
+    if wire::encode_frame(&welcome, &mut out, max_frame).is_err()
+        || send.write_all(&out).await.is_err()
+    {
+        return;
+    }
+    tracing::info!(%remote, host = %hello.host, agent_id = %hello.agent_id, version = %hello.agent_version, "agent connected");
+    state.stats.agents_connected.inc();
+    state.inventory.connected(
+        &hello.host,
+        &hello.agent_id,
+        &hello.agent_version,
+        &hello.applications,
+        Timestamp::now(),
+    );
+    let end = tokio::select! {
+        end = ingest(&mut send, &mut recv, &mut reader, &mut buffer, &hello, &state, &uplink) => end,
+        _ = state.shutdown.cancelled() => Err("relay shutting down".to_owned()),
+    };
+    match end {
+        Ok(()) => connection.close(VarInt::from_u32(close_code::NORMAL), b"bye"),
+        Err(reason) if state.shutdown.is_cancelled() => {
+            connection.close(
+                VarInt::from_u32(close_code::SHUTTING_DOWN),
+                reason.as_bytes(),
+            );
+        }
+        Err(reason) => protocol_error(&state, &uplink, &connection, remote, &reason),
+    }
+    state.stats.agents_connected.sub(1);
+    state.inventory.disconnected(&hello.host, Timestamp::now());
+    tracing::info!(%remote, host = %hello.host, "agent disconnected");
+}
+
+fn protocol_error(
+    state: &AppState,
+    uplink: &UplinkState,
+    connection: &quinn::Connection,
+    remote: SocketAddr,
+    reason: &str,
+) {
+    if reason.starts_with("connection lost") {
+        tracing::debug!(%remote, reason, "agent connection lost");
+        return;
+    }
+    state.stats.uplink_protocol_errors.inc();
+    warn_limited!(uplink.log, "protocol", %remote, reason, "uplink connection closed for a protocol error");
+    connection.close(
+        VarInt::from_u32(close_code::PROTOCOL_ERROR),
+        reason.as_bytes(),
+    );
+}
+
+fn authenticate(state: &AppState, hello: &Hello) -> Result<(), String> {
+    if hello.host.is_empty() || hello.agent_id.is_empty() {
+        return Err("hello must name the host and the agent id".into());
+    }
+    match &hello.credentials {
+        Credentials::Token(token) if state.tokens.verify(token) => Ok(()),
+        Credentials::Token(_) => Err("invalid token".into()),
+        Credentials::ClientCertificate => {
+            Err("client certificates are not enabled on this relay".into())
+        }
+    }
+}
+
+/// Reads until one message is whole. `Ok(None)`: the stream ended cleanly.
+async fn read_message(
+    recv: &mut quinn::RecvStream,
+    reader: &mut FrameReader,
+    buffer: &mut [u8],
+) -> Result<Option<AgentMessage>, String> {
+    loop {
+        if let Some(message) = reader
+            .next_message::<AgentMessage>()
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(Some(message));
+        }
+        match recv.read(buffer).await {
+            Ok(Some(n)) => reader.extend(&buffer[..n]),
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(format!("connection lost: {e}")),
+        }
+    }
+}
+
+async fn ingest(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    reader: &mut FrameReader,
+    buffer: &mut [u8],
+    hello: &Hello,
+    state: &AppState,
+    uplink: &UplinkState,
+) -> Result<(), String> {
+    let max_frame = state.config.uplink.max_frame_bytes;
+    let mut out = Vec::new();
+    loop {
+        let mut acked = None;
+        while let Some(message) = reader
+            .next_message::<AgentMessage>()
+            .map_err(|e| e.to_string())?
+        {
+            let AgentMessage::Batch(batch) = message else {
+                return Err("hello sent twice".into());
+            };
+            let ingested_at = Instant::now();
+            let is_new = {
+                let mut marks = uplink.high_water.lock().unwrap_or_else(|p| p.into_inner());
+                let mark = marks.entry(hello.agent_id.clone()).or_insert(0);
+                if batch.sequence > *mark {
+                    *mark = batch.sequence;
+                    true
+                } else {
+                    false
+                }
+            };
+            if is_new {
+                let now = Timestamp::now();
+                state
+                    .hub
+                    .publish(&hello.host, &batch.items, ingested_at, now);
+                state.stats.batches_ingested.inc();
+                if batch.dropped_items > 0 {
+                    state.stats.agent_dropped_items.add(batch.dropped_items);
+                    tracing::warn!(host = %hello.host, dropped = batch.dropped_items, "agent reports items dropped from a full spool");
+                }
+                let mut applications: Vec<&str> = batch
+                    .items
+                    .iter()
+                    .filter_map(|item| match item {
+                        wire::Item::Metric(m) => Some(m.application.as_str()),
+                        wire::Item::Log(l) => Some(l.application.as_str()),
+                        wire::Item::Deployment(_) => None,
+                    })
+                    .collect();
+                applications.sort_unstable();
+                applications.dedup();
+                state
+                    .inventory
+                    .seen(&hello.host, applications.into_iter(), now);
+            } else {
+                state.stats.duplicate_batches.inc();
+            }
+            acked = Some(acked.unwrap_or(0).max(batch.sequence));
+        }
+        if let Some(sequence) = acked {
+            out.clear();
+            wire::encode_frame(&RelayMessage::Ack(Ack { sequence }), &mut out, max_frame)
+                .map_err(|e| e.to_string())?;
+            send.write_all(&out)
+                .await
+                .map_err(|e| format!("connection lost: {e}"))?;
+        }
+        match recv.read(buffer).await {
+            Ok(Some(n)) => reader.extend(&buffer[..n]),
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("connection lost: {e}")),
+        }
+    }
+}

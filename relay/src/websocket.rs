@@ -1,0 +1,556 @@
+//! The WebSocket API: one task per connection, reading client messages and
+//! writing what the hub queued for it.
+//!
+//! Protections, all configured in `[websocket]`: a connection limit in total
+//! and per client address (refused with `connection_failed`, then close
+//! 1013), a per-connection token bucket for client messages (excess gets
+//! `rate_limit_exceeded`; persistent abuse closes with 1008), a maximum
+//! message size (close 1009), a subscription limit (`subscription_failed`),
+//! server pings that drop dead peers, and the bounded outbound queue of
+//! [`crate::outbound`] (stalled readers close with 4008).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use governor::{Quota, RateLimiter};
+use o1_common::Timestamp;
+use o1_common::api::{
+    ClientMessage, DecodeError, Dropped, ErrorCode, ErrorMessage, Pong, RequestId, ServerMessage,
+    SubscriptionAck,
+};
+use serde_json::json;
+
+use crate::AppState;
+use crate::hub::SubscriptionHandle;
+use crate::outbound::{CLOSE_SLOW_READER, Outbound, Outgoing, subscription_name};
+
+/// Close codes used by the relay (RFC 6455 and private use).
+pub mod close_code {
+    /// The relay is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Persistent abuse of the rate limit.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A client message over `websocket.max_message_bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A connection limit is reached; try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub use crate::outbound::CLOSE_SLOW_READER as SLOW_READER;
+}
+
+/// Counts connections in total and per client address.
+#[derive(Debug)]
+pub struct ConnectionGate {
+    total: AtomicUsize,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    max_total: usize,
+    max_per_address: usize,
+}
+
+/// Held while a connection is open; releases its slot when dropped.
+#[derive(Debug)]
+pub struct GatePermit {
+    gate: Arc<ConnectionGate>,
+    address: IpAddr,
+}
+
+impl ConnectionGate {
+    pub fn new(max_total: usize, max_per_address: usize) -> Self {
+        ConnectionGate {
+            total: AtomicUsize::new(0),
+            per_address: Mutex::new(HashMap::new()),
+            max_total,
+            max_per_address,
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.open() >= self.max_total
+    }
+
+    fn try_acquire(self: &Arc<Self>, address: IpAddr) -> Result<GatePermit, String> {
+        let mut per_address = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if self.total.load(Ordering::Relaxed) >= self.max_total {
+            return Err(format!(
+                "Too many connections: the relay's limit of {} is reached",
+                self.max_total
+            ));
+        }
+        let count = per_address.entry(address).or_insert(0);
+        if *count >= self.max_per_address {
+            return Err(format!(
+                "Too many connections from {address}: the limit is {} per address",
+                self.max_per_address
+            ));
+        }
+        *count += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(GatePermit {
+            gate: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for GatePermit {
+    fn drop(&mut self) {
+        let mut per_address = self
+            .gate
+            .per_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                per_address.remove(&self.address);
+            }
+        }
+        self.gate.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /api/websocket`.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let ws = &state.config.websocket;
+    let upgrade = upgrade
+        .read_buffer_size(ws.read_buffer_bytes)
+        .write_buffer_size(ws.write_buffer_bytes)
+        .max_message_size(ws.max_message_bytes)
+        .max_frame_size(ws.max_message_bytes);
+    let permit = state.gate.try_acquire(peer.ip());
+    let tracker = state.tracker.clone();
+    upgrade.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            match permit {
+                Ok(permit) => serve(socket, state, peer, permit).await,
+                Err(reason) => refuse(socket, &state, reason).await,
+            }
+        })
+    })
+}
+
+fn encode(message: &ServerMessage) -> Bytes {
+    Bytes::from(message.to_json())
+}
+
+fn error_reply(
+    code: ErrorCode,
+    message: impl Into<String>,
+    request_id: Option<&RequestId>,
+) -> ErrorMessage {
+    let mut error = ErrorMessage::new(code, message, Timestamp::now());
+    error.request_id = request_id.cloned();
+    error
+}
+
+async fn refuse(mut socket: WebSocket, state: &AppState, reason: String) {
+    state.stats.connections_refused.inc();
+    tracing::warn!(%reason, "websocket connection refused");
+    let error = ServerMessage::Error(ErrorMessage::new(
+        ErrorCode::ConnectionFailed,
+        reason,
+        Timestamp::now(),
+    ));
+    let _ = socket.send(Message::Text(error.to_json().into())).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code::TRY_AGAIN_LATER,
+            reason: Utf8Bytes::from_static("connection limit reached"),
+        })))
+        .await;
+}
+
+/// How the reading half ended.
+enum ReadEnd {
+    /// The client closed or the socket failed: nothing more to send.
+    Gone,
+    /// The relay closes the connection with this code and reason.
+    Close(u16, String),
+}
+
+struct Connection {
+    subscriptions: Vec<SubscriptionHandle>,
+    limiter: governor::DefaultDirectRateLimiter,
+    /// Times of recent rate-limited messages, for abuse detection.
+    limited_at: std::collections::VecDeque<Instant>,
+}
+
+async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, _permit: GatePermit) {
+    let stats = state.stats.clone();
+    stats.connection_opened();
+    let outbound = Arc::new(Outbound::new(
+        state.config.websocket.outbound_limits(),
+        stats.clone(),
+    ));
+    let (mut sink, mut stream) = socket.split();
+    let ws = &state.config.websocket;
+    let quota =
+        Quota::per_second(NonZeroU32::new(ws.messages_per_second).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(ws.burst).unwrap_or(NonZeroU32::MIN));
+    let mut connection = Connection {
+        subscriptions: Vec::new(),
+        limiter: RateLimiter::direct(quota),
+        limited_at: std::collections::VecDeque::new(),
+    };
+    {
+        let writer = write_loop(&mut sink, &outbound, &state);
+        let reader = read_loop(&mut stream, &outbound, &mut connection, &state);
+        tokio::pin!(writer, reader);
+        tokio::select! {
+            _ = &mut writer => {}
+            end = &mut reader => {
+                if let ReadEnd::Close(code, reason) = end {
+                    tracing::debug!(%peer, code, %reason, "closing websocket");
+                    outbound.close(code, reason);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+                }
+            }
+        }
+    }
+    for handle in &connection.subscriptions {
+        state.hub.unsubscribe(handle);
+    }
+    if !connection.subscriptions.is_empty() {
+        stats.connections_active.sub(1);
+    }
+    stats.connection_closed();
+}
+
+async fn write_loop(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    outbound: &Outbound,
+    state: &AppState,
+) {
+    let mut latencies: Vec<u64> = Vec::new();
+    let mut ingested: Vec<Instant> = Vec::new();
+    loop {
+        let drained = outbound.next().await;
+        let mut sent = 0u64;
+        for message in &drained.messages {
+            if sink
+                .feed(Message::Text(message.to_text().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            sent += 1;
+            if let Some(at) = message.ingested_at {
+                ingested.push(at);
+            }
+        }
+        for (subscription, count) in &drained.dropped {
+            let notice = ServerMessage::Dropped(Dropped {
+                subscription_id: subscription_name(*subscription),
+                count: *count,
+                timestamp: Timestamp::now(),
+            });
+            if sink
+                .feed(Message::Text(notice.to_json().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            sent += 1;
+        }
+        if drained.ping && sink.feed(Message::Ping(Bytes::new())).await.is_err() {
+            return;
+        }
+        if let Some((code, reason)) = drained.close {
+            let _ = sink.flush().await;
+            state.stats.messages_sent.add(sent);
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await;
+            return;
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        state.stats.messages_sent.add(sent);
+        if !ingested.is_empty() {
+            let now = Instant::now();
+            latencies.extend(
+                ingested
+                    .drain(..)
+                    .map(|at| now.saturating_duration_since(at).as_micros() as u64),
+            );
+            state.stats.record_latencies(&latencies);
+            latencies.clear();
+        }
+    }
+}
+
+fn is_too_big(error: &axum::Error) -> bool {
+    let text = error.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+}
+
+async fn read_loop(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    outbound: &Arc<Outbound>,
+    connection: &mut Connection,
+    state: &AppState,
+) -> ReadEnd {
+    let ws = &state.config.websocket;
+    let ping_interval = Duration::from_secs(ws.ping_interval_secs);
+    let dead_after = ping_interval + Duration::from_secs(ws.ping_timeout_secs);
+    let check_every = ping_interval
+        .min(Duration::from_secs(ws.stall_timeout_secs.max(1)))
+        .div_f32(2.0)
+        .max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
+    let mut last_inbound = Instant::now();
+    let mut last_ping = Instant::now();
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                return ReadEnd::Close(close_code::GOING_AWAY, "server shutting down".into());
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if now.duration_since(last_inbound) >= dead_after {
+                    tracing::debug!("websocket peer silent past the ping timeout; dropping");
+                    return ReadEnd::Gone;
+                }
+                if outbound.is_stalled(now) {
+                    state.stats.slow_readers_closed.inc();
+                    return ReadEnd::Close(
+                        CLOSE_SLOW_READER,
+                        format!("slow reader: outbound queue full for {}s", ws.stall_timeout_secs),
+                    );
+                }
+                if now.duration_since(last_ping) >= ping_interval {
+                    last_ping = now;
+                    outbound.push_ping();
+                }
+            }
+            frame = stream.next() => {
+                let message = match frame {
+                    None => return ReadEnd::Gone,
+                    Some(Err(error)) => {
+                        if is_too_big(&error) {
+                            return ReadEnd::Close(
+                                close_code::MESSAGE_TOO_BIG,
+                                format!("message too big: the limit is {} bytes", ws.max_message_bytes),
+                            );
+                        }
+                        tracing::debug!(%error, "websocket read failed");
+                        return ReadEnd::Gone;
+                    }
+                    Some(Ok(message)) => message,
+                };
+                last_inbound = Instant::now();
+                let text = match message {
+                    Message::Text(text) => Some(text),
+                    Message::Binary(_) => None,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    Message::Close(_) => return ReadEnd::Gone,
+                };
+                state.stats.messages_received.inc();
+                match check_rate(connection, outbound, state) {
+                    Err(end) => return end,
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                }
+                match text {
+                    Some(text) => handle_text(text.as_str(), outbound, connection, state),
+                    None => {
+                        state.stats.invalid_messages.inc();
+                        let error = error_reply(
+                            ErrorCode::InvalidMessage,
+                            "binary frames are not supported: send JSON text frames",
+                            None,
+                        );
+                        outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(error))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies the token bucket. `Err` closes the connection.
+fn check_rate(
+    connection: &mut Connection,
+    outbound: &Outbound,
+    state: &AppState,
+) -> Result<bool, ReadEnd> {
+    use governor::clock::{Clock, DefaultClock};
+    let Err(not_until) = connection.limiter.check() else {
+        return Ok(true);
+    };
+    state.stats.rate_limited.inc();
+    let now = Instant::now();
+    connection.limited_at.push_back(now);
+    while connection
+        .limited_at
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+    {
+        connection.limited_at.pop_front();
+    }
+    if connection.limited_at.len() > state.config.websocket.abuse_limit as usize {
+        return Err(ReadEnd::Close(
+            close_code::POLICY_VIOLATION,
+            "rate limit exceeded repeatedly".into(),
+        ));
+    }
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    let mut error = error_reply(ErrorCode::RateLimitExceeded, "Too many messages", None);
+    error.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+    outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(error))));
+    Ok(false)
+}
+
+fn handle_text(
+    text: &str,
+    outbound: &Arc<Outbound>,
+    connection: &mut Connection,
+    state: &AppState,
+) {
+    let message = match ClientMessage::from_json(text) {
+        Ok(message) => message,
+        Err(error) => {
+            reply_invalid(outbound, state, &error);
+            return;
+        }
+    };
+    let request_id = message.request_id().cloned();
+    let reply_error = |error: ErrorMessage| {
+        outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(error))));
+    };
+    let is_subscribe = matches!(
+        message,
+        ClientMessage::Subscribe(_)
+            | ClientMessage::SubscribeLogs(_)
+            | ClientMessage::SubscribeMetrics(_)
+    );
+    if is_subscribe && connection.subscriptions.len() >= state.config.websocket.max_subscriptions {
+        let mut error = error_reply(
+            ErrorCode::SubscriptionFailed,
+            format!(
+                "Subscription limit reached: at most {} per connection",
+                state.config.websocket.max_subscriptions
+            ),
+            request_id.as_ref(),
+        );
+        error.details = Some(json!({ "limit": state.config.websocket.max_subscriptions }));
+        reply_error(error);
+        return;
+    }
+    let ack = |id: u64| {
+        Outgoing::reply(encode(&ServerMessage::Subscribed(SubscriptionAck {
+            subscription_id: subscription_name(id),
+            request_id: request_id.clone(),
+            timestamp: Timestamp::now(),
+        })))
+    };
+    let handle = match &message {
+        ClientMessage::Subscribe(request) => {
+            match state
+                .hub
+                .subscribe_deployment(&request.deployment_id, outbound, ack)
+            {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    let mut reply = error_reply(
+                        ErrorCode::SubscriptionFailed,
+                        error.to_string(),
+                        request_id.as_ref(),
+                    );
+                    reply.details = Some(json!({ "deploymentId": request.deployment_id }));
+                    reply_error(reply);
+                    None
+                }
+            }
+        }
+        ClientMessage::SubscribeLogs(request) => {
+            Some(state.hub.subscribe_logs(request, outbound, ack))
+        }
+        ClientMessage::SubscribeMetrics(request) => {
+            if request.metrics.as_ref().is_some_and(Vec::is_empty) {
+                let error = DecodeError {
+                    field: Some("metrics".into()),
+                    problem: "must name at least one of cpu, memory, disk, network (or be left out for all)".into(),
+                    request_id: request_id.clone(),
+                };
+                reply_invalid(outbound, state, &error);
+                None
+            } else {
+                Some(state.hub.subscribe_metrics(request, outbound, ack))
+            }
+        }
+        ClientMessage::Unsubscribe(request) => {
+            let position = connection
+                .subscriptions
+                .iter()
+                .position(|h| subscription_name(h.id) == request.subscription_id);
+            match position {
+                Some(position) => {
+                    let handle = connection.subscriptions.swap_remove(position);
+                    state.hub.unsubscribe(&handle);
+                    if connection.subscriptions.is_empty() {
+                        state.stats.connections_active.sub(1);
+                    }
+                    outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Unsubscribed(
+                        SubscriptionAck {
+                            subscription_id: request.subscription_id.clone(),
+                            request_id: request_id.clone(),
+                            timestamp: Timestamp::now(),
+                        },
+                    ))));
+                }
+                None => {
+                    let mut error = error_reply(
+                        ErrorCode::SubscriptionNotFound,
+                        "Subscription not found",
+                        request_id.as_ref(),
+                    );
+                    error.details = Some(json!({ "subscriptionId": request.subscription_id }));
+                    reply_error(error);
+                }
+            }
+            None
+        }
+        ClientMessage::Ping(_) => {
+            outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Pong(Pong {
+                request_id: request_id.clone(),
+                timestamp: Timestamp::now(),
+            }))));
+            None
+        }
+    };
+    if let Some(handle) = handle {
+        if connection.subscriptions.is_empty() {
+            state.stats.connections_active.inc();
+        }
+        connection.subscriptions.push(handle);
+    }
+}
+
+fn reply_invalid(outbound: &Outbound, state: &AppState, error: &DecodeError) {
+    state.stats.invalid_messages.inc();
+    let reply = ErrorMessage::invalid(error, Timestamp::now());
+    outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(reply))));
+}
