@@ -1,1 +1,258 @@
-//! agent
+//! o1-agent: samples host and application metrics, tails log files, runs
+//! deployment steps, and pushes everything to the relay over QUIC without
+//! losing anything when the relay or the network goes away.
+//!
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`metrics`]: sysinfo sampling of the host and applications.
+//! - [`tail`]: following log files through rotation; [`level`]: levels.
+//! - [`pipeline`]: batcher, sender and checkpointer.
+//! - [`spool`]: the crash-safe on-disk spool; [`checkpoint`]: file positions.
+//! - [`uplink`]: the QUIC client; [`deploy`]: `o1-agent deploy`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod deploy;
+pub mod level;
+pub mod metrics;
+pub mod pipeline;
+pub mod spool;
+pub mod tail;
+pub mod uplink;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use o1_common::wire::Item;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::AgentConfig;
+use crate::pipeline::{AgentStats, CheckpointState, Event};
+use crate::spool::{Spool, SpoolLimits};
+use crate::tail::{AppLogs, Tailer};
+use crate::uplink::UplinkSettings;
+
+/// How often acknowledged positions are written to the checkpoint.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The agent's stable id, made on first start and kept in the state dir.
+pub fn agent_id(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join("agent-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let bytes: [u8; 16] = rand::random();
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    checkpoint::write_atomically(&path, id.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+pub fn uplink_settings(config: &AgentConfig, agent_id: String) -> UplinkSettings {
+    UplinkSettings {
+        address: config.relay.address.clone(),
+        server_name: config.relay.server_name.clone(),
+        ca: config.relay.ca.clone(),
+        insecure_skip_verify: config.relay.insecure_skip_verify,
+        token: config.relay.token.clone(),
+        host: config.host_name(),
+        agent_id,
+        applications: config.applications.iter().map(|a| a.name.clone()).collect(),
+        idle_timeout: Duration::from_secs(config.relay.idle_timeout_secs),
+        max_frame: o1_common::wire::DEFAULT_MAX_FRAME,
+    }
+}
+
+/// Runs the agent until `shutdown`, then flushes and returns.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let state_dir = config.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {} (state_dir)",
+            state_dir.display()
+        )
+    })?;
+    let agent_id = agent_id(&state_dir)?;
+    let checkpoint_path = checkpoint::checkpoint_path(&state_dir);
+    let (checkpoint, had_checkpoint) = match checkpoint::load(&checkpoint_path) {
+        Ok(Some(checkpoint)) => (checkpoint, true),
+        Ok(None) => (Checkpoint::default(), false),
+        Err(error) => {
+            tracing::error!(%error, "checkpoint unusable; keeping it aside and starting fresh");
+            let _ = std::fs::rename(&checkpoint_path, checkpoint_path.with_extension("corrupt"));
+            (Checkpoint::default(), true)
+        }
+    };
+    let limits = SpoolLimits {
+        max_bytes: config.spool.max_bytes,
+        segment_bytes: config.spool.segment_bytes,
+        fsync_interval: Duration::from_millis(config.spool.fsync_interval_ms),
+        max_frame: o1_common::wire::DEFAULT_MAX_FRAME,
+    };
+    let (spool, recovery) =
+        Spool::open(&state_dir.join("spool"), limits, checkpoint.acked_sequence)
+            .with_context(|| format!("cannot open the spool in {}", state_dir.display()))?;
+    if recovery.truncated_bytes > 0 {
+        tracing::warn!(
+            cut_bytes = recovery.truncated_bytes,
+            "the spool had a torn tail; it was cut off"
+        );
+    }
+    tracing::info!(
+        agent_id = %agent_id,
+        host = %config.host_name(),
+        spooled_batches = spool.unacked_batches(),
+        "o1-agent starting"
+    );
+    let mut resume = checkpoint.clone();
+    resume.merge(&spool.pending_offsets());
+    let first_run = !had_checkpoint && recovery.records == 0;
+    let spool = Arc::new(Mutex::new(spool));
+    let spooled = Arc::new(Notify::new());
+    let stats = Arc::new(AgentStats::default());
+    let acked = Arc::new(Mutex::new(CheckpointState {
+        checkpoint,
+        dirty: false,
+    }));
+
+    let (events, receiver) = std::sync::mpsc::sync_channel::<Event>(pipeline::EVENT_QUEUE);
+    let batcher = {
+        let (spool, spooled, stats, limits) = (
+            spool.clone(),
+            spooled.clone(),
+            stats.clone(),
+            config.batch.clone(),
+        );
+        std::thread::Builder::new()
+            .name("o1-batcher".into())
+            .spawn(move || pipeline::run_batcher(receiver, spool, spooled, limits, stats))?
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let apps: Vec<AppLogs> = config
+        .applications
+        .iter()
+        .filter(|a| !a.logs.is_empty())
+        .map(|a| AppLogs {
+            name: a.name.clone(),
+            patterns: a.logs.clone(),
+            multiline: a.multiline,
+        })
+        .collect();
+    if !apps.is_empty() {
+        let tailer = Tailer::new(
+            apps,
+            config.logs.clone(),
+            resume.files,
+            first_run,
+            events.clone(),
+        );
+        let stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("o1-tailer".into())
+                .spawn(move || tailer.run(stop))?,
+        );
+    }
+    if config.metrics.enabled {
+        let sampler = metrics::Sampler::new(
+            &config.metrics.disk_path,
+            &config.applications,
+            Duration::from_secs(config.metrics.discovery_interval_secs),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot start metrics sampling: {e}"))?;
+        let (events, stop, stats, interval) = (
+            events.clone(),
+            stop.clone(),
+            stats.clone(),
+            config.interval(),
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name("o1-metrics".into())
+                .spawn(move || sample_metrics(sampler, interval, events, stop, stats))?,
+        );
+    }
+    drop(events);
+
+    let sender_shutdown = CancellationToken::new();
+    let sender = tokio::spawn(pipeline::run_sender(
+        uplink_settings(&config, agent_id),
+        spool.clone(),
+        spooled.clone(),
+        acked.clone(),
+        config.relay.max_in_flight,
+        (
+            Duration::from_millis(config.relay.min_backoff_ms),
+            Duration::from_millis(config.relay.max_backoff_ms),
+        ),
+        stats.clone(),
+        sender_shutdown.clone(),
+    ));
+    let checkpointer_shutdown = CancellationToken::new();
+    let checkpointer = tokio::spawn(pipeline::run_checkpointer(
+        checkpoint_path.clone(),
+        spool.clone(),
+        acked.clone(),
+        CHECKPOINT_INTERVAL,
+        checkpointer_shutdown.clone(),
+    ));
+
+    shutdown.cancelled().await;
+    tracing::info!("o1-agent stopping");
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+        let _ = batcher.join();
+    })
+    .await;
+    sender_shutdown.cancel();
+    let _ = sender.await;
+    checkpointer_shutdown.cancel();
+    let _ = checkpointer.await;
+    pipeline::write_checkpoint(&checkpoint_path, &spool, &acked);
+    if let Err(error) = pipeline::lock(&spool).maybe_sync() {
+        tracing::error!(%error, "cannot fsync the spool");
+    }
+    Ok(())
+}
+
+fn sample_metrics(
+    mut sampler: metrics::Sampler,
+    interval: Duration,
+    events: std::sync::mpsc::SyncSender<Event>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<AgentStats>,
+) {
+    // CPU usage needs two readings at least this far apart.
+    let mut next = std::time::Instant::now()
+        + sysinfo::MINIMUM_CPU_UPDATE_INTERVAL.max(Duration::from_millis(250));
+    while !stop.load(Ordering::Relaxed) {
+        let now = std::time::Instant::now();
+        if now < next {
+            std::thread::sleep((next - now).min(Duration::from_millis(100)));
+            continue;
+        }
+        next += interval;
+        if next < now {
+            next = now + interval;
+        }
+        let samples: Vec<Item> = sampler.sample().into_iter().map(Item::Metric).collect();
+        match events.try_send(Event::Items(samples)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                stats.metric_samples_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The agent's configuration: `/etc/o1/agent.toml`, overridable key by key
+//! from the environment (`O1_AGENT__SECTION__KEY`) and by `--set
+//! section.key=value`. Unknown keys and bad values fail at start with a
+//! message naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Host name reported to the relay; default: the system's host name.
+    pub host: Option<String>,
+    /// Where the agent keeps its id, spool and checkpoints.
+    pub state_dir: PathBuf,
+    pub relay: RelayConfig,
+    pub metrics: MetricsConfig,
+    pub logs: LogsConfig,
+    pub batch: BatchConfig,
+    pub spool: SpoolConfig,
+    /// The applications to watch.
+    #[serde(rename = "application")]
+    pub applications: Vec<ApplicationConfig>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            host: None,
+            state_dir: PathBuf::from("/var/lib/o1-agent"),
+            relay: RelayConfig::default(),
+            metrics: MetricsConfig::default(),
+            logs: LogsConfig::default(),
+            batch: BatchConfig::default(),
+            spool: SpoolConfig::default(),
+            applications: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// `host:port` of the relay's QUIC uplink.
+    pub address: String,
+    /// Name in the relay's certificate; default: the host part of `address`.
+    pub server_name: Option<String>,
+    /// PEM file of the CA that signed the relay's certificate.
+    pub ca: Option<PathBuf>,
+    /// The agent's token.
+    pub token: String,
+    /// Development only: accept any relay certificate. Logged loudly.
+    pub insecure_skip_verify: bool,
+    /// Most batches sent and not yet acknowledged.
+    pub max_in_flight: usize,
+    /// First reconnect delay, milliseconds; doubles up to `max_backoff_ms`.
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// QUIC idle timeout, seconds (keep-alives go at a third of it).
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            address: "127.0.0.1:4433".into(),
+            server_name: None,
+            ca: None,
+            token: String::new(),
+            insecure_skip_verify: false,
+            max_in_flight: 32,
+            min_backoff_ms: 200,
+            max_backoff_ms: 30_000,
+            idle_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Sampling interval, milliseconds (at least 200: CPU usage needs two
+    /// readings that far apart).
+    pub interval_ms: u64,
+    /// Filesystem whose use is the host's `disk`.
+    pub disk_path: PathBuf,
+    /// Seconds between full process scans to find applications' processes
+    /// by name or command line (known PIDs are refreshed every interval).
+    pub discovery_interval_secs: u64,
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            interval_ms: 1000,
+            disk_path: PathBuf::from("/"),
+            discovery_interval_secs: 10,
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// inotify (notify) events, with a periodic re-scan as a backstop.
+    Notify,
+    /// Re-scan every `poll_interval_ms` (NFS and other filesystems without
+    /// inotify).
+    Poll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    Beginning,
+    End,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    pub watch: WatchMode,
+    /// Poll mode's interval, milliseconds.
+    pub poll_interval_ms: u64,
+    /// Backstop re-scan in notify mode, milliseconds.
+    pub rescan_interval_ms: u64,
+    /// Longest line kept; longer lines are cut and end with `…[truncated]`.
+    pub max_line_bytes: usize,
+    /// A last line without its newline is sent after this long, ms.
+    pub partial_line_timeout_ms: u64,
+    /// Where to start in a file that already exists when the agent runs for
+    /// the first time (no checkpoint): `end` (default) or `beginning`.
+    /// Files that appear later are always read from the beginning.
+    pub start_at: StartAt,
+    /// Most files watched at once.
+    pub max_files: usize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            watch: WatchMode::Notify,
+            poll_interval_ms: 250,
+            rescan_interval_ms: 2_000,
+            max_line_bytes: 64 * 1024,
+            partial_line_timeout_ms: 2_000,
+            start_at: StartAt::End,
+            max_files: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// A batch closes at this many items...
+    pub max_items: usize,
+    /// ...or this many bytes of messages...
+    pub max_bytes: usize,
+    /// ...or when its first item is this old, milliseconds.
+    pub max_age_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_items: 4096,
+            max_bytes: 512 * 1024,
+            max_age_ms: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Bytes of batches kept on disk while unacknowledged; beyond it the
+    /// oldest are dropped and the drop is reported.
+    pub max_bytes: u64,
+    /// Size of one spool segment file.
+    pub segment_bytes: u64,
+    /// fsync the spool at most this often, milliseconds (a crash of the
+    /// agent loses nothing either way; this bounds loss on power failure).
+    pub fsync_interval_ms: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_bytes: 256 * 1024 * 1024,
+            segment_bytes: 8 * 1024 * 1024,
+            fsync_interval_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Multiline {
+    /// Every line is a record.
+    None,
+    /// Lines starting with whitespace continue the previous record (stack
+    /// traces).
+    Indented,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationConfig {
+    pub name: String,
+    /// Processes whose name is exactly this.
+    pub process_name: Option<String>,
+    /// Processes whose command line contains this.
+    pub cmdline: Option<String>,
+    /// A systemd unit: its cgroup lists the exact processes.
+    pub systemd_unit: Option<String>,
+    /// The application's data directory (its filesystem is `disk`).
+    pub data_dir: Option<PathBuf>,
+    /// Log files: paths or globs.
+    #[serde(default)]
+    pub logs: Vec<String>,
+    #[serde(default = "default_multiline")]
+    pub multiline: Multiline,
+}
+
+fn default_multiline() -> Multiline {
+    Multiline::None
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error(transparent)]
+    Override(#[from] o1_common::config::OverrideError),
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl AgentConfig {
+    pub fn load(
+        path: Option<&Path>,
+        required: bool,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::new();
+        let mut source = "defaults".to_owned();
+        if let Some(path) = path {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    table = text
+                        .parse::<toml::Table>()
+                        .map_err(|e| ConfigError::Parse {
+                            path: path.display().to_string(),
+                            message: e.to_string().trim().to_owned(),
+                        })?;
+                    source = path.display().to_string();
+                }
+                Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ConfigError::Read {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        let env = o1_common::config::env_overrides("O1_AGENT__", std::env::vars());
+        for assignment in env.iter().chain(overrides) {
+            o1_common::config::apply_override(&mut table, assignment)?;
+        }
+        let config: AgentConfig =
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: source,
+                    message: e.to_string().trim().to_owned(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.metrics.interval_ms < 200 {
+            return Err(invalid(
+                "metrics.interval_ms",
+                format!(
+                    "{} ms is too short: at least 200 ms (CPU usage needs two readings that far apart)",
+                    self.metrics.interval_ms
+                ),
+            ));
+        }
+        if self.metrics.interval_ms > 3_600_000 {
+            return Err(invalid("metrics.interval_ms", "at most one hour"));
+        }
+        if self.relay.address.parse::<SocketAddr>().is_err() && !self.relay.address.contains(':') {
+            return Err(invalid(
+                "relay.address",
+                format!("`{}` is not host:port", self.relay.address),
+            ));
+        }
+        if self.relay.max_in_flight == 0 {
+            return Err(invalid("relay.max_in_flight", "must be at least 1"));
+        }
+        if self.batch.max_items == 0 || self.batch.max_bytes < 1024 {
+            return Err(invalid(
+                "batch.max_items",
+                "batches need at least 1 item and 1024 bytes",
+            ));
+        }
+        if self.logs.max_line_bytes < 64 {
+            return Err(invalid("logs.max_line_bytes", "must be at least 64"));
+        }
+        if self.spool.max_bytes < 2 * self.spool.segment_bytes
+            || self.spool.segment_bytes < 64 * 1024
+        {
+            return Err(invalid(
+                "spool.max_bytes",
+                "must hold at least two segments, and spool.segment_bytes at least 64 KiB",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, app) in self.applications.iter().enumerate() {
+            if app.name.trim().is_empty() {
+                return Err(invalid(
+                    format!("application[{i}].name"),
+                    "missing or empty application name",
+                ));
+            }
+            if app.name == "system" {
+                return Err(invalid(
+                    format!("application[{i}].name"),
+                    "`system` is reserved for host-wide metrics",
+                ));
+            }
+            if !names.insert(app.name.as_str()) {
+                return Err(invalid(
+                    format!("application[{i}].name"),
+                    format!("`{}` is configured twice", app.name),
+                ));
+            }
+            let matchers = [&app.process_name, &app.cmdline, &app.systemd_unit]
+                .iter()
+                .filter(|m| m.is_some())
+                .count();
+            if matchers > 1 {
+                return Err(invalid(
+                    format!("application[{i}]"),
+                    "use one of process_name, cmdline, systemd_unit",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn host_name(&self) -> String {
+        self.host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .or_else(|| sysinfo::System::host_name().ok())
+            .unwrap_or_else(|| "localhost".into())
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.metrics.interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(Some(&path), true, &[])
+    }
+
+    #[test]
+    fn invalid_configs_name_the_key() {
+        let table = [
+            ("colour = 1\n", "colour"),
+            ("[metrics]\ninterval_ms = 10\n", "metrics.interval_ms"),
+            ("[metrics]\ninterval_ms = \"fast\"\n", "interval_ms"),
+            ("[[application]]\nlogs = []\n", "name"),
+            ("[[application]]\nname = \"\"\n", "application[0].name"),
+            (
+                "[[application]]\nname = \"a\"\nprocess = \"x\"\n",
+                "process",
+            ),
+            (
+                "[[application]]\nname = \"a\"\n[[application]]\nname = \"a\"\n",
+                "application[1].name",
+            ),
+            ("[logs]\nwatch = \"magic\"\n", "watch"),
+        ];
+        for (text, key) in table {
+            let error = load(text).expect_err(text).to_string();
+            assert!(
+                error.contains(key),
+                "{text:?}: `{error}` does not name `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_config_loads() {
+        let config = load(
+            "host = \"web-1\"\n[relay]\naddress = \"127.0.0.1:4433\"\ntoken = \"t\"\n[[application]]\nname = \"nginx\"\nprocess_name = \"nginx\"\nlogs = [\"/var/log/nginx/*.log\"]\nmultiline = \"indented\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.host_name(), "web-1");
+        assert_eq!(config.applications[0].multiline, Multiline::Indented);
+        assert_eq!(config.interval(), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,356 @@
+//! `o1-agent deploy --id ID --app NAME -- COMMAND ARGS...`: runs one
+//! deployment step and streams it through the relay.
+//!
+//! - stdout and stderr lines become `log` messages of the deployment (and
+//!   are echoed, so CI logs keep them);
+//! - a line `::progress N message` becomes a `deployment` message with
+//!   progress N (0–100) and that message, and is not logged;
+//! - the exit status becomes `completed` or `failed`; Ctrl-C or SIGTERM
+//!   stops the command (SIGTERM, then SIGKILL after 5 s) and reports
+//!   `cancelled`.
+//!
+//! It uses the agent's configuration and token, with its own agent id per
+//! run (so its sequence numbers never collide with the running agent's),
+//! and holds its batches in memory until acknowledged (reconnecting if
+//! needed). It exits with the command's exit code (130 when cancelled).
+
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use o1_common::Timestamp;
+use o1_common::api::DeploymentStatus;
+use o1_common::wire::{self, AgentMessage, Batch, DeploymentEvent, Item, LogRecord};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::config::AgentConfig;
+use crate::level::detect_level;
+use crate::uplink::{self, UplinkSettings};
+
+/// How long to wait for the relay to acknowledge everything at the end.
+const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Parses `::progress N message`.
+pub fn parse_progress(line: &str) -> Option<(u8, String)> {
+    let rest = line.trim_start().strip_prefix("::progress")?;
+    let rest = rest.strip_prefix(' ')?.trim_start();
+    let (number, message) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let progress: u8 = number.trim_end_matches('%').parse().ok()?;
+    (progress <= 100).then(|| (progress, message.trim().to_owned()))
+}
+
+fn default_id(now: Timestamp) -> String {
+    let digits: String = now
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(14)
+        .collect();
+    format!("deploy-{}-{}", &digits[..8], &digits[8..])
+}
+
+pub async fn run(
+    config: AgentConfig,
+    id: Option<String>,
+    app: String,
+    command: Vec<String>,
+) -> ExitCode {
+    let id = id.unwrap_or_else(|| default_id(Timestamp::now()));
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        eprintln!("o1-agent deploy: invalid --id `{id}`: use letters, digits, '-', '_' or '.'");
+        return ExitCode::from(2);
+    }
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("o1-agent deploy: no command given after --");
+        return ExitCode::from(2);
+    };
+    let base_id = crate::agent_id(&config.state_dir).unwrap_or_else(|_| config.host_name());
+    let suffix: u32 = rand::random();
+    let settings = crate::uplink_settings(&config, format!("{base_id}/deploy/{id}/{suffix:08x}"));
+    let (items, receiver) = mpsc::channel::<Item>(1024);
+    let shipper = tokio::spawn(ship(settings, receiver));
+    let event = |status, progress, message: String| {
+        Item::Deployment(DeploymentEvent {
+            deployment_id: id.clone(),
+            application: app.clone(),
+            timestamp_ms: Timestamp::now().unix_millis,
+            status,
+            progress,
+            message,
+        })
+    };
+    let log = |message: String| {
+        Item::Log(LogRecord {
+            application: app.clone(),
+            timestamp_ms: Timestamp::now().unix_millis,
+            level: detect_level(&message),
+            message,
+            deployment_id: Some(id.clone()),
+        })
+    };
+    let _ = items
+        .send(event(
+            DeploymentStatus::Running,
+            Some(0),
+            format!("Running {}", command.join(" ")),
+        ))
+        .await;
+    eprintln!(
+        "o1-agent deploy: deployment {id} of {app}: running {}",
+        command.join(" ")
+    );
+
+    let mut child = match tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) => {
+            let message = format!("cannot start {program}: {error}");
+            eprintln!("o1-agent deploy: {message}");
+            let _ = items
+                .send(event(DeploymentStatus::Failed, None, message))
+                .await;
+            drop(items);
+            let _ = tokio::time::timeout(FINAL_ACK_TIMEOUT, shipper).await;
+            return ExitCode::from(127);
+        }
+    };
+    let mut stdout = child.stdout.take().map(|s| BufReader::new(s).lines());
+    let mut stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut cancelled = false;
+    let status = loop {
+        tokio::select! {
+            line = async { stdout.as_mut()?.next_line().await.ok().flatten() }, if stdout.is_some() => {
+                match line {
+                    Some(line) => {
+                        println!("{line}");
+                        let item = match parse_progress(&line) {
+                            Some((progress, message)) => event(DeploymentStatus::Running, Some(progress), message),
+                            None => log(line),
+                        };
+                        let _ = items.send(item).await;
+                    }
+                    None => stdout = None,
+                }
+            }
+            line = async { stderr.as_mut()?.next_line().await.ok().flatten() }, if stderr.is_some() => {
+                match line {
+                    Some(line) => {
+                        eprintln!("{line}");
+                        let _ = items.send(log(line)).await;
+                    }
+                    None => stderr = None,
+                }
+            }
+            status = child.wait(), if stdout.is_none() && stderr.is_none() => break status,
+            _ = tokio::signal::ctrl_c(), if !cancelled => {
+                cancelled = true;
+                stop_child(&mut child).await;
+            }
+            _ = async { term.as_mut()?.recv().await }, if !cancelled && term.is_some() => {
+                cancelled = true;
+                stop_child(&mut child).await;
+            }
+        }
+    };
+    let (final_status, message, code) = match status {
+        _ if cancelled => (
+            DeploymentStatus::Cancelled,
+            "Deployment cancelled".to_owned(),
+            130u8,
+        ),
+        Ok(status) if status.success() => (
+            DeploymentStatus::Completed,
+            "Deployment completed successfully".to_owned(),
+            0,
+        ),
+        Ok(status) => {
+            let code = status.code().unwrap_or(1);
+            (
+                DeploymentStatus::Failed,
+                format!("Deployment failed: {} exited with code {code}", program),
+                code.clamp(1, 255) as u8,
+            )
+        }
+        Err(error) => (
+            DeploymentStatus::Failed,
+            format!("Deployment failed: {error}"),
+            1,
+        ),
+    };
+    let progress = (final_status == DeploymentStatus::Completed).then_some(100);
+    let _ = items
+        .send(event(final_status, progress, message.clone()))
+        .await;
+    drop(items);
+    eprintln!("o1-agent deploy: {message}");
+    match tokio::time::timeout(FINAL_ACK_TIMEOUT, shipper).await {
+        Ok(Ok(true)) => {}
+        _ => eprintln!("o1-agent deploy: warning: the relay did not acknowledge every event"),
+    }
+    ExitCode::from(code)
+}
+
+async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+    }
+}
+
+/// Sends items as batches, resending unacknowledged ones after a
+/// reconnect. Returns whether everything was acknowledged.
+async fn ship(settings: UplinkSettings, mut receiver: mpsc::Receiver<Item>) -> bool {
+    let endpoint = match uplink::endpoint(&settings) {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            eprintln!("o1-agent deploy: {error}");
+            return false;
+        }
+    };
+    let mut unacked: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut next_sequence = 1u64;
+    let mut open = true;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let mut session = match uplink::connect(&endpoint, &settings).await {
+            Ok(session) => session,
+            Err(error) => {
+                eprintln!("o1-agent deploy: relay unreachable ({error}); retrying");
+                if matches!(error, uplink::UplinkError::Refused(_)) {
+                    return false;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                // Keep reading output meanwhile, so the command never blocks.
+                while let Ok(item) = receiver.try_recv() {
+                    push_batch(
+                        &mut unacked,
+                        &mut next_sequence,
+                        vec![item],
+                        settings.max_frame,
+                    );
+                }
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        let mut sent_upto = 0u64;
+        let result: Result<(), uplink::UplinkError> = async {
+            loop {
+                for (sequence, frame) in &unacked {
+                    if *sequence > sent_upto {
+                        session.send_frame(frame).await?;
+                        sent_upto = *sequence;
+                    }
+                }
+                if !open && unacked.is_empty() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    item = receiver.recv(), if open => match item {
+                        Some(item) => {
+                            let mut batch = vec![item];
+                            while batch.len() < 256 {
+                                match receiver.try_recv() {
+                                    Ok(item) => batch.push(item),
+                                    Err(_) => break,
+                                }
+                            }
+                            push_batch(&mut unacked, &mut next_sequence, batch, settings.max_frame);
+                        }
+                        None => open = false,
+                    },
+                    ack = session.next_ack() => {
+                        let acked = ack?;
+                        unacked.retain(|(sequence, _)| *sequence > acked);
+                    }
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                session.close().await;
+                endpoint.wait_idle().await;
+                return true;
+            }
+            Err(error) => {
+                eprintln!("o1-agent deploy: connection to the relay lost ({error}); resending")
+            }
+        }
+    }
+}
+
+fn push_batch(
+    unacked: &mut Vec<(u64, Vec<u8>)>,
+    next_sequence: &mut u64,
+    items: Vec<Item>,
+    max_frame: usize,
+) {
+    let sequence = *next_sequence;
+    let mut frame = Vec::new();
+    let batch = AgentMessage::Batch(Batch {
+        sequence,
+        items,
+        dropped_items: 0,
+    });
+    if wire::encode_frame(&batch, &mut frame, max_frame).is_ok() {
+        unacked.push((sequence, frame));
+        *next_sequence += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_table() {
+        let table = [
+            (
+                "::progress 45 Installing dependencies...",
+                Some((45, "Installing dependencies...")),
+            ),
+            ("::progress 100", Some((100, ""))),
+            ("::progress 50% half way", Some((50, "half way"))),
+            ("::progress 101 too far", None),
+            ("::progress x nope", None),
+            ("::progressive 5", None),
+            ("progress 5", None),
+        ];
+        for (line, expected) in table {
+            let got = parse_progress(line);
+            assert_eq!(
+                got.as_ref().map(|(p, m)| (*p, m.as_str())),
+                expected,
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_ids_follow_the_seed_form() {
+        let at = Timestamp::parse("2024-01-15T10:30:00Z").unwrap();
+        assert_eq!(default_id(at), "deploy-20240115-103000");
+    }
+}

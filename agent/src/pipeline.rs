@@ -1,0 +1,355 @@
+//! From producers to the relay: the batcher thread groups items into
+//! batches and writes them to the spool; the sender task ships spooled
+//! batches over QUIC with several in flight and applies acks; the
+//! checkpointer writes the acknowledged file positions and then lets the
+//! spool delete what they cover.
+//!
+//! Backpressure: the event queue between producers and the batcher is
+//! bounded ([`EVENT_QUEUE`]). The tailer blocks when it is full (log lines
+//! are never dropped here; the files themselves are the buffer); metric
+//! samples are dropped and counted instead (the next sample replaces them).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use o1_common::wire::Item;
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{self, Checkpoint, FileKey, FileOffset};
+use crate::config::BatchConfig;
+use crate::spool::Spool;
+use crate::uplink::{self, UplinkError, UplinkSettings};
+
+/// Events the batcher's queue holds at most (each may carry many lines).
+pub const EVENT_QUEUE: usize = 256;
+
+/// What producers send to the batcher.
+#[derive(Debug)]
+pub enum Event {
+    /// Lines read from one file, and the position after the last of them.
+    Lines {
+        items: Vec<Item>,
+        key: FileKey,
+        offset: u64,
+    },
+    /// The path a file has, for the checkpoint.
+    FilePath { key: FileKey, path: String },
+    /// Metric samples or deployment events.
+    Items(Vec<Item>),
+}
+
+/// Counters the agent keeps about itself.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub batches_spooled: AtomicU64,
+    pub items_spooled: AtomicU64,
+    pub batches_acked: AtomicU64,
+    pub metric_samples_dropped: AtomicU64,
+    pub connected: AtomicU64,
+}
+
+pub fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
+    spool.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs until every sender of `events` is gone; flushes what it holds.
+pub fn run_batcher(
+    events: Receiver<Event>,
+    spool: Arc<Mutex<Spool>>,
+    spooled: Arc<Notify>,
+    limits: BatchConfig,
+    stats: Arc<AgentStats>,
+) {
+    let max_age = Duration::from_millis(limits.max_age_ms);
+    let mut items: Vec<Item> = Vec::new();
+    let mut bytes = 0usize;
+    let mut opened_at: Option<Instant> = None;
+    let mut positions: HashMap<FileKey, u64> = HashMap::new();
+    let mut paths: HashMap<FileKey, String> = HashMap::new();
+    let flush = |items: &mut Vec<Item>,
+                 positions: &mut HashMap<FileKey, u64>,
+                 paths: &HashMap<FileKey, String>| {
+        if items.is_empty() {
+            return;
+        }
+        let offsets: Vec<FileOffset> = positions
+            .drain()
+            .map(|(key, offset)| FileOffset {
+                key,
+                offset,
+                path: paths.get(&key).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let count = items.len() as u64;
+        let batch = std::mem::take(items);
+        let result = lock(&spool).append(batch, offsets);
+        match result {
+            Ok(_) => {
+                stats.batches_spooled.fetch_add(1, Ordering::Relaxed);
+                stats.items_spooled.fetch_add(count, Ordering::Relaxed);
+                spooled.notify_one();
+            }
+            Err(error) => tracing::error!(%error, lost_items = count, "cannot write to the spool"),
+        }
+    };
+    loop {
+        let timeout = match opened_at {
+            Some(at) => max_age.saturating_sub(at.elapsed()),
+            None => Duration::from_secs(3600),
+        };
+        match events.recv_timeout(timeout) {
+            Ok(event) => {
+                match event {
+                    Event::Lines {
+                        items: lines,
+                        key,
+                        offset,
+                    } => {
+                        bytes += lines.iter().map(item_size).sum::<usize>();
+                        items.extend(lines);
+                        let position = positions.entry(key).or_insert(offset);
+                        *position = (*position).max(offset);
+                    }
+                    Event::FilePath { key, path } => {
+                        paths.insert(key, path);
+                        continue;
+                    }
+                    Event::Items(more) => {
+                        bytes += more.iter().map(item_size).sum::<usize>();
+                        items.extend(more);
+                    }
+                }
+                opened_at.get_or_insert_with(Instant::now);
+                if items.len() >= limits.max_items || bytes >= limits.max_bytes {
+                    flush(&mut items, &mut positions, &paths);
+                    bytes = 0;
+                    opened_at = None;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                flush(&mut items, &mut positions, &paths);
+                bytes = 0;
+                opened_at = None;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                flush(&mut items, &mut positions, &paths);
+                return;
+            }
+        }
+    }
+}
+
+fn item_size(item: &Item) -> usize {
+    match item {
+        Item::Log(log) => log.message.len() + log.application.len() + 24,
+        Item::Metric(_) => 96,
+        Item::Deployment(event) => event.message.len() + 64,
+    }
+}
+
+/// The acknowledged positions not yet written to the checkpoint file.
+#[derive(Debug)]
+pub struct CheckpointState {
+    pub checkpoint: Checkpoint,
+    pub dirty: bool,
+}
+
+/// Ships spooled batches until `shutdown`; reconnects with exponential
+/// backoff and full jitter.
+pub async fn run_sender(
+    settings: UplinkSettings,
+    spool: Arc<Mutex<Spool>>,
+    spooled: Arc<Notify>,
+    acked: Arc<Mutex<CheckpointState>>,
+    max_in_flight: usize,
+    backoff: (Duration, Duration),
+    stats: Arc<AgentStats>,
+    shutdown: CancellationToken,
+) {
+    let endpoint = match uplink::endpoint(&settings) {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            tracing::error!(%error, "cannot set up the uplink; nothing will be sent");
+            shutdown.cancelled().await;
+            return;
+        }
+    };
+    let mut delay = backoff.0;
+    let mut last_error = String::new();
+    while !shutdown.is_cancelled() {
+        let session = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            session = uplink::connect(&endpoint, &settings) => session,
+        };
+        match session {
+            Ok(session) => {
+                tracing::info!(relay = %settings.address, "connected to the relay");
+                last_error.clear();
+                delay = backoff.0;
+                stats.connected.store(1, Ordering::Relaxed);
+                let end = ship(
+                    session,
+                    &spool,
+                    &spooled,
+                    &acked,
+                    max_in_flight,
+                    &stats,
+                    &shutdown,
+                )
+                .await;
+                stats.connected.store(0, Ordering::Relaxed);
+                match end {
+                    Ok(()) => break,
+                    Err(error) => tracing::warn!(%error, "uplink session ended; reconnecting"),
+                }
+            }
+            Err(error) => {
+                let text = error.to_string();
+                if text != last_error {
+                    match &error {
+                        UplinkError::Refused(_) | UplinkError::Tls(_) => {
+                            tracing::error!(%error, "cannot deliver to the relay")
+                        }
+                        _ => {
+                            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "relay unreachable; spooling")
+                        }
+                    }
+                    last_error = text;
+                }
+                if matches!(error, UplinkError::Refused(_)) {
+                    delay = backoff.1;
+                }
+            }
+        }
+        let jittered = rand::rng().random_range(delay / 2..=delay);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(jittered) => {}
+        }
+        delay = (delay * 2).min(backoff.1);
+    }
+    endpoint.close(0u32.into(), b"agent stopping");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+async fn ship(
+    mut session: uplink::Session,
+    spool: &Mutex<Spool>,
+    spooled: &Notify,
+    acked: &Mutex<CheckpointState>,
+    max_in_flight: usize,
+    stats: &AgentStats,
+    shutdown: &CancellationToken,
+) -> Result<(), UplinkError> {
+    let mut next = {
+        let spool = lock(spool);
+        spool.first_unacked().unwrap_or(spool.next_sequence())
+    };
+    let mut draining_since: Option<Instant> = None;
+    loop {
+        // Fill the window.
+        loop {
+            let frame = {
+                let spool = lock(spool);
+                let in_flight = next.saturating_sub(spool.acked() + 1);
+                if next >= spool.next_sequence() || in_flight >= max_in_flight as u64 {
+                    None
+                } else {
+                    match spool.frame(next) {
+                        Ok(Some(frame)) => Some(frame),
+                        // Dropped from a full spool: continue at the oldest held.
+                        Ok(None) => {
+                            next = spool.first_unacked().unwrap_or(spool.next_sequence());
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(UplinkError::Protocol(format!(
+                                "cannot read the spool: {e}"
+                            )));
+                        }
+                    }
+                }
+            };
+            let Some(frame) = frame else { break };
+            session.send_frame(&frame).await?;
+            next += 1;
+        }
+        if let Some(since) = draining_since {
+            let done = lock(spool).unacked_batches() == 0;
+            if done || since.elapsed() > Duration::from_secs(2) {
+                session.close().await;
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            ack = session.next_ack() => {
+                let sequence = ack?;
+                let offsets = lock(spool).ack(sequence);
+                stats.batches_acked.fetch_add(1, Ordering::Relaxed);
+                let mut state = acked.lock().unwrap_or_else(|p| p.into_inner());
+                state.checkpoint.acked_sequence = state.checkpoint.acked_sequence.max(sequence);
+                state.checkpoint.merge(&offsets);
+                state.dirty = true;
+            }
+            _ = spooled.notified() => {}
+            _ = shutdown.cancelled(), if draining_since.is_none() => {
+                draining_since = Some(Instant::now());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
+        }
+    }
+}
+
+/// Writes the checkpoint when acks moved it, then releases spool segments.
+pub async fn run_checkpointer(
+    path: std::path::PathBuf,
+    spool: Arc<Mutex<Spool>>,
+    acked: Arc<Mutex<CheckpointState>>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stop = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(interval) => false,
+        };
+        write_checkpoint(&path, &spool, &acked);
+        if let Err(error) = lock(&spool).maybe_sync() {
+            tracing::error!(%error, "cannot fsync the spool");
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+pub fn write_checkpoint(
+    path: &std::path::Path,
+    spool: &Mutex<Spool>,
+    acked: &Mutex<CheckpointState>,
+) {
+    let snapshot = {
+        let mut state = acked.lock().unwrap_or_else(|p| p.into_inner());
+        if !state.dirty {
+            return;
+        }
+        state.dirty = false;
+        state.checkpoint.clone()
+    };
+    match checkpoint::store(path, &snapshot) {
+        Ok(()) => {
+            if let Err(error) = lock(spool).release(snapshot.acked_sequence) {
+                tracing::error!(%error, "cannot delete acknowledged spool segments");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, path = %path.display(), "cannot write the checkpoint");
+            acked.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+        }
+    }
+}

@@ -1,0 +1,716 @@
+//! Log tailing: follows files by identity through rotation, reads whole
+//! lines, and hands them to the batcher with the position after them.
+//!
+//! - Directories are watched (notify), not files, so rotation never loses
+//!   the watch; a data event reads the tracked files, any other event (or
+//!   notify's rescan signal) re-scans the globs, and a periodic re-scan is
+//!   the backstop. `logs.watch = "poll"` re-scans on a timer instead, for
+//!   filesystems without inotify.
+//! - A file is tracked by device+inode with a fingerprint of its first
+//!   bytes ([`FileKey`]); the open handle keeps reading a renamed file to
+//!   its end, and is let go once the file is gone from the globs (or
+//!   deleted) and has been quiet for [`RELEASE_AFTER`].
+//! - copytruncate is seen as a file shorter than the read position, or whose
+//!   first bytes changed: reading restarts at 0.
+//! - A line without its newline is held until it is complete, or sent after
+//!   `logs.partial_line_timeout_ms`; a line longer than
+//!   `logs.max_line_bytes` is cut there and ends with `…[truncated]`; bytes
+//!   that are not UTF-8 become U+FFFD.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use o1_common::Timestamp;
+use o1_common::wire::{Item, LogRecord};
+
+use crate::checkpoint::{FINGERPRINT_BYTES, FileKey, FileOffset};
+use crate::config::{LogsConfig, Multiline, StartAt, WatchMode};
+use crate::level::detect_level;
+use crate::pipeline::Event;
+
+/// A file that left the globs (rotated away, deleted) is closed once it has
+/// not grown for this long.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(5);
+/// Bytes read from one file before moving to the next (fairness).
+const READ_BUDGET: usize = 4 * 1024 * 1024;
+const CHUNK: usize = 256 * 1024;
+const TRUNCATED_MARK: &str = "…[truncated]";
+
+/// The log files of one application.
+#[derive(Debug, Clone)]
+pub struct AppLogs {
+    pub name: String,
+    pub patterns: Vec<String>,
+    pub multiline: Multiline,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    key: FileKey,
+    path: PathBuf,
+    app: usize,
+    file: File,
+    /// Position after the last record handed to the batcher.
+    committed: u64,
+    /// Bytes read so far.
+    read_pos: u64,
+    /// The current line's bytes, not yet complete.
+    partial: Vec<u8>,
+    partial_since: Option<Instant>,
+    /// The current line was cut; skip to its newline.
+    cutting: bool,
+    /// A multiline record being assembled, and the position after it.
+    pending: Option<(LogRecord, u64)>,
+    pending_since: Option<Instant>,
+    last_growth: Instant,
+    /// Gone from the globs since.
+    missing_since: Option<Instant>,
+}
+
+enum Wake {
+    Data,
+    Rescan,
+}
+
+pub struct Tailer {
+    apps: Vec<AppLogs>,
+    config: LogsConfig,
+    files: HashMap<(u64, u64), Tracked>,
+    resume: Vec<FileOffset>,
+    first_run: bool,
+    events: SyncSender<Event>,
+    unreadable: HashSet<PathBuf>,
+    warned_max_files: bool,
+    buffer: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tailer")
+            .field("files", &self.files.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_millis() -> i64 {
+    Timestamp::now().unix_millis
+}
+
+/// The directory to watch for a pattern: its parent when that has no glob
+/// characters (non-recursive), else the longest literal prefix (recursive).
+fn watch_target(pattern: &str) -> (PathBuf, bool) {
+    let path = Path::new(pattern);
+    let is_glob = |s: &str| s.contains(['*', '?', '[']);
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    if !is_glob(&parent.to_string_lossy()) {
+        return (parent.to_owned(), false);
+    }
+    let mut literal = PathBuf::new();
+    for component in path.components() {
+        if is_glob(&component.as_os_str().to_string_lossy()) {
+            break;
+        }
+        literal.push(component);
+    }
+    (literal, true)
+}
+
+impl Tailer {
+    pub fn new(
+        apps: Vec<AppLogs>,
+        config: LogsConfig,
+        resume: Vec<FileOffset>,
+        first_run: bool,
+        events: SyncSender<Event>,
+    ) -> Self {
+        Tailer {
+            apps,
+            config,
+            files: HashMap::new(),
+            resume,
+            first_run,
+            events,
+            unreadable: HashSet::new(),
+            warned_max_files: false,
+            buffer: vec![0; CHUNK],
+        }
+    }
+
+    /// Runs until `stop` is set or the batcher is gone.
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
+        let mut watcher = None;
+        let mut watched: HashSet<PathBuf> = HashSet::new();
+        if self.config.watch == WatchMode::Notify {
+            let tx = wake_tx.clone();
+            let created =
+                notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+                    let wake = match result {
+                        Ok(event) if event.need_rescan() => Wake::Rescan,
+                        Ok(event) => match event.kind {
+                            notify::EventKind::Access(_) => return,
+                            notify::EventKind::Modify(notify::event::ModifyKind::Data(_)) => {
+                                Wake::Data
+                            }
+                            _ => Wake::Rescan,
+                        },
+                        Err(_) => Wake::Rescan,
+                    };
+                    let _ = tx.send(wake);
+                });
+            match created {
+                Ok(w) => watcher = Some(w),
+                Err(error) => tracing::warn!(%error, "cannot start inotify; polling instead"),
+            }
+        }
+        let poll = if watcher.is_some() {
+            Duration::from_millis(self.config.rescan_interval_ms)
+        } else {
+            Duration::from_millis(self.config.poll_interval_ms)
+        };
+        let timers = Duration::from_millis(self.config.partial_line_timeout_ms.clamp(50, 1000));
+        let mut last_scan = Instant::now();
+        let mut initial = true;
+        let mut rescan = true;
+        while !stop.load(Ordering::Relaxed) {
+            if rescan {
+                if let Some(watcher) = watcher.as_mut() {
+                    self.ensure_watches(watcher, &mut watched);
+                }
+                if !self.scan(initial) {
+                    return;
+                }
+                initial = false;
+                last_scan = Instant::now();
+            }
+            let more = match self.read_all() {
+                Some(more) => more,
+                None => return,
+            };
+            if !self.flush_timed_out() {
+                return;
+            }
+            self.release_finished();
+            rescan = false;
+            if more {
+                continue;
+            }
+            let wait = poll.saturating_sub(last_scan.elapsed()).min(timers);
+            match wake_rx.recv_timeout(wait) {
+                Ok(wake) => {
+                    rescan = matches!(wake, Wake::Rescan);
+                    while let Ok(wake) = wake_rx.try_recv() {
+                        rescan |= matches!(wake, Wake::Rescan);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {}
+            }
+            rescan |= last_scan.elapsed() >= poll;
+        }
+        drop(watcher);
+    }
+
+    fn ensure_watches(
+        &self,
+        watcher: &mut notify::RecommendedWatcher,
+        watched: &mut HashSet<PathBuf>,
+    ) {
+        use notify::Watcher;
+        for pattern in self.apps.iter().flat_map(|a| a.patterns.iter()) {
+            let (dir, recursive) = watch_target(pattern);
+            if watched.contains(&dir) || !dir.is_dir() {
+                continue;
+            }
+            let mode = if recursive {
+                notify::RecursiveMode::Recursive
+            } else {
+                notify::RecursiveMode::NonRecursive
+            };
+            match watcher.watch(&dir, mode) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, dir = %dir.display(), "cannot watch directory; the periodic re-scan covers it")
+                }
+            }
+        }
+    }
+
+    /// Finds files matching the globs; starts tracking new ones.
+    fn scan(&mut self, initial: bool) -> bool {
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        for app_index in 0..self.apps.len() {
+            for pattern_index in 0..self.apps[app_index].patterns.len() {
+                let pattern = self.apps[app_index].patterns[pattern_index].clone();
+                let paths = match glob::glob(&pattern) {
+                    Ok(paths) => paths,
+                    Err(error) => {
+                        if self.unreadable.insert(PathBuf::from(&pattern)) {
+                            tracing::error!(%pattern, %error, "invalid log path pattern");
+                        }
+                        continue;
+                    }
+                };
+                for path in paths.flatten() {
+                    let Ok(metadata) = std::fs::metadata(&path) else {
+                        continue;
+                    };
+                    if !metadata.is_file() {
+                        continue;
+                    }
+                    let id = (metadata.dev(), metadata.ino());
+                    seen.insert(id);
+                    if let Some(tracked) = self.files.get_mut(&id) {
+                        tracked.missing_since = None;
+                        if tracked.path != path {
+                            tracked.path = path;
+                        }
+                        continue;
+                    }
+                    if !self.track(app_index, &path, &metadata, initial) {
+                        return false;
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        for (id, tracked) in self.files.iter_mut() {
+            if !seen.contains(id) {
+                tracked.missing_since.get_or_insert(now);
+            }
+        }
+        true
+    }
+
+    fn track(
+        &mut self,
+        app: usize,
+        path: &Path,
+        metadata: &std::fs::Metadata,
+        initial: bool,
+    ) -> bool {
+        if self.files.len() >= self.config.max_files {
+            if !self.warned_max_files {
+                tracing::warn!(
+                    max = self.config.max_files,
+                    "logs.max_files reached; further files are not watched"
+                );
+                self.warned_max_files = true;
+            }
+            return true;
+        }
+        let file = match File::open(path) {
+            Ok(file) => {
+                self.unreadable.remove(path);
+                file
+            }
+            Err(error) => {
+                if self.unreadable.insert(path.to_owned()) {
+                    tracing::error!(path = %path.display(), %error, "cannot read log file; will retry");
+                }
+                return true;
+            }
+        };
+        let mut prefix = vec![0u8; FINGERPRINT_BYTES];
+        let got = read_prefix(&file, &mut prefix);
+        prefix.truncate(got);
+        let (device, inode) = (metadata.dev(), metadata.ino());
+        let key = FileKey {
+            device,
+            inode,
+            fingerprint: crc32fast::hash(&prefix),
+            fingerprint_len: prefix.len() as u32,
+        };
+        let len = metadata.len();
+        let resumed = self
+            .resume
+            .iter()
+            .position(|r| r.key.same_file(device, inode, &prefix))
+            .map(|i| self.resume.swap_remove(i));
+        let start = match resumed {
+            Some(ref position) if position.offset <= len => position.offset,
+            Some(_) => 0,
+            None if initial && self.first_run && self.config.start_at == StartAt::End => len,
+            None => 0,
+        };
+        // Keep the key the checkpoint knew, so positions stay comparable.
+        let key = resumed.map_or(key, |r| r.key);
+        tracing::info!(path = %path.display(), offset = start, application = %self.apps[app].name, "watching log file");
+        if self
+            .events
+            .send(Event::FilePath {
+                key,
+                path: path.display().to_string(),
+            })
+            .is_err()
+        {
+            return false;
+        }
+        self.files.insert(
+            (device, inode),
+            Tracked {
+                key,
+                path: path.to_owned(),
+                app,
+                file,
+                committed: start,
+                read_pos: start,
+                partial: Vec::new(),
+                partial_since: None,
+                cutting: false,
+                pending: None,
+                pending_since: None,
+                last_growth: Instant::now(),
+                missing_since: None,
+            },
+        );
+        true
+    }
+
+    /// Reads new data from every tracked file. `Some(true)` when a file had
+    /// more than its budget; `None` when the batcher is gone.
+    fn read_all(&mut self) -> Option<bool> {
+        let mut more = false;
+        let ids: Vec<(u64, u64)> = self.files.keys().copied().collect();
+        for id in ids {
+            let Some(mut tracked) = self.files.remove(&id) else {
+                continue;
+            };
+            let result = self.read_file(&mut tracked);
+            self.files.insert(id, tracked);
+            more |= result?;
+        }
+        Some(more)
+    }
+
+    fn read_file(&mut self, tracked: &mut Tracked) -> Option<bool> {
+        let Ok(metadata) = tracked.file.metadata() else {
+            return Some(false);
+        };
+        let len = metadata.len();
+        if len < tracked.read_pos || (len != tracked.read_pos && self.rewritten(tracked)) {
+            tracing::info!(path = %tracked.path.display(), "log file truncated (copytruncate?); reading from the start");
+            self.flush_pending(tracked, true)?;
+            tracked.read_pos = 0;
+            tracked.committed = 0;
+            tracked.partial.clear();
+            tracked.partial_since = None;
+            tracked.cutting = false;
+        }
+        let mut budget = READ_BUDGET;
+        let app = self.apps[tracked.app].clone();
+        while tracked.read_pos < len && budget > 0 {
+            let want = CHUNK.min((len - tracked.read_pos) as usize);
+            let n = match tracked
+                .file
+                .read_at(&mut self.buffer[..want], tracked.read_pos)
+            {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(error) => {
+                    if self.unreadable.insert(tracked.path.clone()) {
+                        tracing::error!(path = %tracked.path.display(), %error, "cannot read log file");
+                    }
+                    break;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            tracked.last_growth = Instant::now();
+            let chunk = std::mem::take(&mut self.buffer);
+            let (items, offset) = self.split_lines(tracked, &app, &chunk[..n]);
+            self.buffer = chunk;
+            if !items.is_empty() {
+                self.events
+                    .send(Event::Lines {
+                        items,
+                        key: tracked.key,
+                        offset,
+                    })
+                    .ok()?;
+            }
+        }
+        Some(tracked.read_pos < len)
+    }
+
+    /// Whether the file's first bytes changed (rewritten in place).
+    fn rewritten(&self, tracked: &Tracked) -> bool {
+        let len = tracked.key.fingerprint_len as usize;
+        if len == 0 {
+            return false;
+        }
+        let mut prefix = vec![0u8; len];
+        let got = read_prefix(&tracked.file, &mut prefix);
+        got < len || crc32fast::hash(&prefix) != tracked.key.fingerprint
+    }
+
+    /// Splits a chunk read at `tracked.read_pos` into records. Returns the
+    /// records and the position after the last of them.
+    fn split_lines(
+        &mut self,
+        tracked: &mut Tracked,
+        app: &AppLogs,
+        data: &[u8],
+    ) -> (Vec<Item>, u64) {
+        let base = tracked.read_pos;
+        let max = self.config.max_line_bytes;
+        let mut items = Vec::new();
+        let mut committed = tracked.committed;
+        let mut start = 0usize;
+        for newline in memchr::memchr_iter(b'\n', data) {
+            let segment = &data[start..newline];
+            let end = base + newline as u64 + 1;
+            if tracked.cutting {
+                tracked.cutting = false;
+                tracked.committed = end;
+                committed = committed.max(self.hold_or_emit(tracked, app, None, end, &mut items));
+            } else if tracked.partial.is_empty() {
+                let record = make_record(app, segment, max);
+                committed =
+                    committed.max(self.hold_or_emit(tracked, app, Some(record), end, &mut items));
+            } else {
+                tracked.partial.extend_from_slice(segment);
+                let line = std::mem::take(&mut tracked.partial);
+                let record = make_record(app, &line, max);
+                committed =
+                    committed.max(self.hold_or_emit(tracked, app, Some(record), end, &mut items));
+            }
+            start = newline + 1;
+        }
+        let rest = &data[start..];
+        let end_of_chunk = base + data.len() as u64;
+        if tracked.cutting {
+            // Still inside a cut line: its bytes are discarded.
+        } else if !rest.is_empty() {
+            tracked.partial.extend_from_slice(rest);
+            tracked.partial_since.get_or_insert_with(Instant::now);
+            if tracked.partial.len() > max {
+                let line = std::mem::take(&mut tracked.partial);
+                let record = make_record(app, &line, max);
+                tracked.cutting = true;
+                tracked.partial_since = None;
+                committed = committed.max(self.hold_or_emit(
+                    tracked,
+                    app,
+                    Some(record),
+                    end_of_chunk,
+                    &mut items,
+                ));
+            }
+        }
+        if tracked.partial.is_empty() {
+            tracked.partial_since = None;
+        }
+        tracked.read_pos = end_of_chunk;
+        tracked.committed = committed;
+        (items, committed)
+    }
+
+    /// Multiline assembly. Emits finished records into `items`; returns the
+    /// position after the last record emitted (or `tracked.committed`).
+    fn hold_or_emit(
+        &self,
+        tracked: &mut Tracked,
+        app: &AppLogs,
+        record: Option<LogRecord>,
+        end: u64,
+        items: &mut Vec<Item>,
+    ) -> u64 {
+        let Some(record) = record else {
+            // A cut line's remainder ended: nothing new to emit.
+            return match &tracked.pending {
+                Some(_) => tracked.committed,
+                None => end,
+            };
+        };
+        if app.multiline == Multiline::None {
+            items.push(Item::Log(record));
+            return end;
+        }
+        let continues = record.message.starts_with([' ', '\t']);
+        match tracked.pending.as_mut() {
+            Some((pending, pending_end)) if continues => {
+                pending.message.push('\n');
+                pending.message.push_str(&record.message);
+                *pending_end = end;
+                tracked.committed
+            }
+            _ => {
+                let mut committed = tracked.committed;
+                if let Some((finished, finished_end)) = tracked.pending.take() {
+                    items.push(Item::Log(finished));
+                    committed = finished_end;
+                }
+                tracked.pending = Some((record, end));
+                tracked.pending_since = Some(Instant::now());
+                committed
+            }
+        }
+    }
+
+    /// Sends a held multiline record (on timeout, or `force`).
+    fn flush_pending(&self, tracked: &mut Tracked, force: bool) -> Option<()> {
+        let due = tracked.pending_since.is_some_and(|since| {
+            since.elapsed() >= Duration::from_millis(self.config.partial_line_timeout_ms)
+        });
+        if !(force || due) {
+            return Some(());
+        }
+        if let Some((record, end)) = tracked.pending.take() {
+            tracked.pending_since = None;
+            tracked.committed = tracked.committed.max(end);
+            self.events
+                .send(Event::Lines {
+                    items: vec![Item::Log(record)],
+                    key: tracked.key,
+                    offset: end,
+                })
+                .ok()?;
+        }
+        Some(())
+    }
+
+    /// Sends partial lines and multiline records that waited too long.
+    fn flush_timed_out(&mut self) -> bool {
+        let timeout = Duration::from_millis(self.config.partial_line_timeout_ms);
+        let ids: Vec<(u64, u64)> = self.files.keys().copied().collect();
+        for id in ids {
+            let Some(mut tracked) = self.files.remove(&id) else {
+                continue;
+            };
+            let app = self.apps[tracked.app].clone();
+            let mut ok = true;
+            if tracked
+                .partial_since
+                .is_some_and(|since| since.elapsed() >= timeout)
+            {
+                let line = std::mem::take(&mut tracked.partial);
+                tracked.partial_since = None;
+                let record = make_record(&app, &line, self.config.max_line_bytes);
+                let mut items = Vec::new();
+                let end = tracked.read_pos;
+                let committed =
+                    self.hold_or_emit(&mut tracked, &app, Some(record), end, &mut items);
+                tracked.committed = tracked.committed.max(committed);
+                if !items.is_empty() {
+                    ok = self
+                        .events
+                        .send(Event::Lines {
+                            items,
+                            key: tracked.key,
+                            offset: tracked.committed,
+                        })
+                        .is_ok();
+                }
+            }
+            ok = ok && self.flush_pending(&mut tracked, false).is_some();
+            self.files.insert(id, tracked);
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Closes files that left the globs (or were deleted) and are quiet.
+    fn release_finished(&mut self) {
+        let now = Instant::now();
+        self.files.retain(|_, tracked| {
+            let deleted = tracked.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true);
+            let gone_since = match (tracked.missing_since, deleted) {
+                (Some(since), _) => Some(since),
+                (None, true) => Some(tracked.last_growth),
+                (None, false) => None,
+            };
+            let Some(since) = gone_since else { return true };
+            let quiet = now.duration_since(tracked.last_growth.max(since)) >= RELEASE_AFTER;
+            let at_end = tracked.partial.is_empty() && tracked.pending.is_none();
+            if quiet && at_end {
+                tracing::info!(path = %tracked.path.display(), "released log file (rotated or deleted, read to its end)");
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+fn read_prefix(file: &File, prefix: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < prefix.len() {
+        match file.read_at(&mut prefix[got..], got as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
+}
+
+/// A record from a line's bytes: CR stripped, invalid UTF-8 replaced, cut
+/// at `max` bytes with a mark, level detected.
+fn make_record(app: &AppLogs, bytes: &[u8], max: usize) -> LogRecord {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    let mut message = if bytes.len() > max {
+        let mut cut = String::from_utf8_lossy(&bytes[..max]).into_owned();
+        cut.push_str(TRUNCATED_MARK);
+        cut
+    } else {
+        String::from_utf8_lossy(bytes).into_owned()
+    };
+    if message.len() > max + TRUNCATED_MARK.len() + 8 {
+        message.truncate(max);
+    }
+    LogRecord {
+        application: app.name.clone(),
+        timestamp_ms: now_millis(),
+        level: detect_level(&message),
+        message,
+        deployment_id: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_targets() {
+        assert_eq!(
+            watch_target("/var/log/app/*.log"),
+            (PathBuf::from("/var/log/app"), false)
+        );
+        assert_eq!(
+            watch_target("/var/log/app.log"),
+            (PathBuf::from("/var/log"), false)
+        );
+        assert_eq!(
+            watch_target("/srv/*/logs/x.log"),
+            (PathBuf::from("/srv"), true)
+        );
+    }
+
+    #[test]
+    fn records_are_cut_and_cleaned() {
+        let app = AppLogs {
+            name: "a".into(),
+            patterns: vec![],
+            multiline: Multiline::None,
+        };
+        let record = make_record(&app, b"ERROR bad \xff byte\r", 1000);
+        assert_eq!(record.message, "ERROR bad \u{fffd} byte");
+        assert_eq!(record.level, o1_common::Level::Error);
+        let long = vec![b'x'; 100];
+        let record = make_record(&app, &long, 64);
+        assert_eq!(
+            record.message,
+            format!("{}{TRUNCATED_MARK}", "x".repeat(64))
+        );
+    }
+}
