@@ -169,7 +169,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            max_items: 4096,
+            max_items: 2048,
             max_bytes: 512 * 1024,
             max_age_ms: 20,
         }

@@ -9,10 +9,10 @@ const WORDS_TO_CHECK: usize = 6;
 
 pub fn detect_level(line: &str) -> Level {
     let trimmed = line.trim_start();
-    if trimmed.starts_with('{') {
-        if let Some(level) = json_level(trimmed) {
-            return level;
-        }
+    if trimmed.starts_with('{')
+        && let Some(level) = json_level(trimmed)
+    {
+        return level;
     }
     text_level(trimmed).unwrap_or(Level::Info)
 }

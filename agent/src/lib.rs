@@ -184,16 +184,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 
     let sender_shutdown = CancellationToken::new();
     let sender = tokio::spawn(pipeline::run_sender(
-        uplink_settings(&config, agent_id),
-        spool.clone(),
-        spooled.clone(),
-        acked.clone(),
-        config.relay.max_in_flight,
-        (
-            Duration::from_millis(config.relay.min_backoff_ms),
-            Duration::from_millis(config.relay.max_backoff_ms),
-        ),
-        stats.clone(),
+        pipeline::Sender {
+            settings: uplink_settings(&config, agent_id),
+            spool: spool.clone(),
+            spooled: spooled.clone(),
+            acked: acked.clone(),
+            max_in_flight: config.relay.max_in_flight,
+            backoff: (
+                Duration::from_millis(config.relay.min_backoff_ms),
+                Duration::from_millis(config.relay.max_backoff_ms),
+            ),
+            stats: stats.clone(),
+        },
         sender_shutdown.clone(),
     ));
     let checkpointer_shutdown = CancellationToken::new();

@@ -159,18 +159,31 @@ pub struct CheckpointState {
     pub dirty: bool,
 }
 
+/// What the sender needs: where to send, what, and where acks go.
+#[derive(Debug)]
+pub struct Sender {
+    pub settings: UplinkSettings,
+    pub spool: Arc<Mutex<Spool>>,
+    pub spooled: Arc<Notify>,
+    pub acked: Arc<Mutex<CheckpointState>>,
+    pub max_in_flight: usize,
+    /// First and longest reconnect delay.
+    pub backoff: (Duration, Duration),
+    pub stats: Arc<AgentStats>,
+}
+
 /// Ships spooled batches until `shutdown`; reconnects with exponential
 /// backoff and full jitter.
-pub async fn run_sender(
-    settings: UplinkSettings,
-    spool: Arc<Mutex<Spool>>,
-    spooled: Arc<Notify>,
-    acked: Arc<Mutex<CheckpointState>>,
-    max_in_flight: usize,
-    backoff: (Duration, Duration),
-    stats: Arc<AgentStats>,
-    shutdown: CancellationToken,
-) {
+pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
+    let Sender {
+        settings,
+        spool,
+        spooled,
+        acked,
+        max_in_flight,
+        backoff,
+        stats,
+    } = sender;
     let endpoint = match uplink::endpoint(&settings) {
         Ok(endpoint) => endpoint,
         Err(error) => {

@@ -166,14 +166,14 @@ impl Spool {
             }
             // Sequences must continue across segments; a gap means a lost
             // segment, which is reported and accepted.
-            if let Some(last) = spool.records.back() {
-                if records[0].sequence != last.sequence + 1 {
-                    tracing::warn!(
-                        expected = last.sequence + 1,
-                        found = records[0].sequence,
-                        "spool sequence gap"
-                    );
-                }
+            if let Some(last) = spool.records.back()
+                && records[0].sequence != last.sequence + 1
+            {
+                tracing::warn!(
+                    expected = last.sequence + 1,
+                    found = records[0].sequence,
+                    "spool sequence gap"
+                );
             }
             spool.next_sequence = spool
                 .next_sequence
@@ -331,10 +331,10 @@ impl Spool {
                 .front()
                 .is_some_and(|r| r.segment == oldest.first_sequence)
             {
-                if let Some(record) = self.records.pop_front() {
-                    if record.sequence > self.acked {
-                        dropped += u64::from(record.items);
-                    }
+                if let Some(record) = self.records.pop_front()
+                    && record.sequence > self.acked
+                {
+                    dropped += u64::from(record.items);
                 }
             }
             self.total_bytes -= oldest.len;
@@ -410,10 +410,7 @@ impl Spool {
     /// (called once the checkpoint covering them is on disk).
     pub fn release(&mut self, upto: u64) -> io::Result<()> {
         let upto = upto.min(self.acked);
-        loop {
-            let Some(oldest) = self.segments.front() else {
-                break;
-            };
+        while let Some(oldest) = self.segments.front() {
             let last_in_segment = self
                 .records
                 .iter()

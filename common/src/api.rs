@@ -128,14 +128,14 @@ impl ClientMessage {
             });
         };
         let request_id = object.get("requestId").cloned();
-        if let Some(id) = &request_id {
-            if !(id.is_string() || id.is_number()) {
-                return Err(DecodeError {
-                    field: Some("requestId".into()),
-                    problem: format!("expected a string or a number, got {}", json_kind(id)),
-                    request_id: None,
-                });
-            }
+        if let Some(id) = &request_id
+            && !(id.is_string() || id.is_number())
+        {
+            return Err(DecodeError {
+                field: Some("requestId".into()),
+                problem: format!("expected a string or a number, got {}", json_kind(id)),
+                request_id: None,
+            });
         }
         let error = |field: &str, problem: String| DecodeError {
             field: Some(field.to_owned()),

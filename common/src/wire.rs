@@ -202,15 +202,15 @@ pub fn decode_frame<T: DeserializeOwned>(
     // Check magic and version as soon as they arrive, so a stranger is
     // turned away before it sends a whole frame.
     let body = &buf[4..];
-    if let Some(magic) = body.first_chunk::<2>() {
-        if *magic != MAGIC {
-            return Err(FrameError::BadMagic { found: *magic });
-        }
+    if let Some(magic) = body.first_chunk::<2>()
+        && *magic != MAGIC
+    {
+        return Err(FrameError::BadMagic { found: *magic });
     }
-    if let Some(&version) = body.get(2) {
-        if version != PROTOCOL_VERSION {
-            return Err(FrameError::UnsupportedVersion { found: version });
-        }
+    if let Some(&version) = body.get(2)
+        && version != PROTOCOL_VERSION
+    {
+        return Err(FrameError::UnsupportedVersion { found: version });
     }
     if body.len() < length {
         return Ok(Decoded::Incomplete {

@@ -85,7 +85,7 @@ impl Default for WebSocketConfig {
             abuse_limit: 50,
             ping_interval_secs: 30,
             ping_timeout_secs: 30,
-            queue_messages: 4096,
+            queue_messages: 8192,
             stall_timeout_secs: 30,
             read_buffer_bytes: 4096,
             write_buffer_bytes: 16 * 1024,

@@ -196,10 +196,10 @@ impl Registry {
         create_for: Option<(&str, &str)>,
         now: Timestamp,
     ) -> Result<Changed, DeploymentError> {
-        if let Some(progress) = update.progress {
-            if !(0..=100).contains(&progress) {
-                return Err(DeploymentError::ProgressOutOfRange(progress));
-            }
+        if let Some(progress) = update.progress
+            && !(0..=100).contains(&progress)
+        {
+            return Err(DeploymentError::ProgressOutOfRange(progress));
         }
         if !self.deployments.contains_key(id) {
             match create_for {
@@ -228,10 +228,10 @@ impl Registry {
         {
             return Err(DeploymentError::BackToPending);
         }
-        if let Some((_, host)) = create_for {
-            if !deployment.hosts.iter().any(|h| h == host) {
-                deployment.hosts.push(host.to_owned());
-            }
+        if let Some((_, host)) = create_for
+            && !deployment.hosts.iter().any(|h| h == host)
+        {
+            deployment.hosts.push(host.to_owned());
         }
         let mut status = update.status.unwrap_or(deployment.status);
         if status == DeploymentStatus::Pending && update.progress.is_some_and(|p| p > 0) {

@@ -39,7 +39,7 @@ pub struct OutboundLimits {
 impl Default for OutboundLimits {
     fn default() -> Self {
         OutboundLimits {
-            max_queued: 4096,
+            max_queued: 8192,
             max_metric_series: 4096,
             stall_timeout: Duration::from_secs(30),
         }

@@ -1,1 +1,614 @@
-//! Shared fixtures for the end-to-end tests.
+//! Shared fixtures for the end-to-end tests: start the real `o1-relay` and
+//! `o1-agent` binaries on free ports, and talk to them with real WebSocket,
+//! HTTP and QUIC clients.
+//!
+//! The binaries are those of the workspace's target directory; the test
+//! command (`scripts/test.sh`) builds them before running the tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Path of a workspace binary (`target/<profile>/<name>`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// TLS material and a token made by `o1-relay certs`.
+#[derive(Debug)]
+pub struct Pki {
+    pub dir: PathBuf,
+    pub token: String,
+    pub token_sha256: String,
+}
+
+impl Pki {
+    pub fn create(dir: &Path) -> Result<Pki> {
+        let tls = dir.join("tls");
+        let output = Command::new(binary("o1-relay"))
+            .args(["certs", "--out"])
+            .arg(&tls)
+            .args(["--name", "localhost", "--name", "127.0.0.1"])
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "o1-relay certs failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let text = String::from_utf8(output.stdout)?;
+        let quoted = |prefix: &str| -> Result<String> {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .ok_or_else(|| anyhow!("no `{prefix}` in certs output:\n{text}"))?;
+            Ok(line.split('"').nth(1).unwrap_or_default().to_owned())
+        };
+        Ok(Pki {
+            dir: tls,
+            token: quoted("token = ")?,
+            token_sha256: quoted("token_sha256 = ")?,
+        })
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+}
+
+/// A running `o1-relay`.
+#[derive(Debug)]
+pub struct Relay {
+    child: Child,
+    pub http: SocketAddr,
+    pub uplink: SocketAddr,
+    pub config: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Relay {
+    /// Starts a relay with its own config in `dir`, on free ports, plus
+    /// `extra` TOML lines (whole sections).
+    pub fn start(dir: &Path, pki: &Pki, extra: &str) -> Result<Relay> {
+        Self::start_on(dir, pki, extra, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    pub fn start_on(dir: &Path, pki: &Pki, extra: &str, http: &str, uplink: &str) -> Result<Relay> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("relay.toml");
+        let text = format!(
+            "[http]\nlisten = \"{http}\"\n\n[uplink]\nlisten = \"{uplink}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[auth]\ntoken_sha256 = [\"{}\"]\n\n{extra}\n",
+            pki.dir.join("relay.crt").display(),
+            pki.dir.join("relay.key").display(),
+            pki.token_sha256
+        );
+        std::fs::write(&config, text)?;
+        Self::spawn(&config, dir)
+    }
+
+    fn spawn(config: &Path, dir: &Path) -> Result<Relay> {
+        let stderr = dir.join(format!("relay-{}.log", unique()));
+        let mut child = Command::new(binary("o1-relay"))
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr)?)
+            .env("RUST_LOG", "info")
+            .spawn()?;
+        let stdout = child.stdout.take().context("relay stdout")?;
+        let line = read_first_line(stdout, Duration::from_secs(20)).with_context(|| {
+            format!(
+                "relay did not start; log: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            )
+        })?;
+        let field = |name: &str| -> Result<SocketAddr> {
+            let value = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .ok_or_else(|| anyhow!("no {name}= in `{line}`"))?;
+            Ok(value.parse()?)
+        };
+        Ok(Relay {
+            http: field("http")?,
+            uplink: field("uplink")?,
+            child,
+            config: config.to_owned(),
+            stderr,
+        })
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/api/websocket", self.http)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// SIGKILL, then start again on the same ports with the same config.
+    pub fn kill_and_restart(&mut self) -> Result<()> {
+        self.kill();
+        let text = std::fs::read_to_string(&self.config)?;
+        let text = text
+            .replace(
+                "listen = \"127.0.0.1:0\"\n\n[uplink]",
+                &format!("listen = \"{}\"\n\n[uplink]", self.http),
+            )
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{}\"", self.uplink),
+                1,
+            );
+        std::fs::write(&self.config, text)?;
+        let dir = self.config.parent().context("config dir")?.to_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::spawn(&self.config, &dir) {
+                Ok(relay) => {
+                    let old = std::mem::replace(self, relay);
+                    std::mem::forget(old);
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; returns the exit status once the process ended.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        signal(self.child.id(), "TERM");
+        wait_child(&mut self.child, timeout)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `o1-agent`.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    pub config: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Agent {
+    /// Writes `agent.toml` in `dir` (relay section filled in) and starts it.
+    pub fn start(dir: &Path, pki: &Pki, relay: &Relay, host: &str, extra: &str) -> Result<Agent> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("agent.toml");
+        let text = format!(
+            "host = \"{host}\"\nstate_dir = \"{}\"\n\n[relay]\naddress = \"{}\"\nserver_name = \"localhost\"\nca = \"{}\"\ntoken = \"{}\"\nmin_backoff_ms = 100\nmax_backoff_ms = 1000\nidle_timeout_secs = 3\n\n{extra}\n",
+            dir.join("state").display(),
+            relay.uplink,
+            pki.ca().display(),
+            pki.token
+        );
+        std::fs::write(&config, text)?;
+        Self::spawn(&config, dir)
+    }
+
+    pub fn spawn(config: &Path, dir: &Path) -> Result<Agent> {
+        let stderr = dir.join(format!("agent-{}.log", unique()));
+        let child = Command::new(binary("o1-agent"))
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr)?)
+            .env("RUST_LOG", "info")
+            .spawn()?;
+        Ok(Agent {
+            child,
+            config: config.to_owned(),
+            stderr,
+        })
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        signal(self.child.id(), "TERM");
+        wait_child(&mut self.child, timeout)
+    }
+
+    /// SIGKILL and start again with the same config and state.
+    pub fn kill_and_restart(&mut self) -> Result<()> {
+        self.kill();
+        let dir = self.config.parent().context("config dir")?.to_owned();
+        let agent = Self::spawn(&self.config, &dir)?;
+        let old = std::mem::replace(self, agent);
+        std::mem::forget(old);
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!("process {} did not exit within {timeout:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn read_first_line(stdout: std::process::ChildStdout, timeout: Duration) -> Result<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the child never blocks on a full pipe.
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let line = rx
+        .recv_timeout(timeout)
+        .map_err(|_| anyhow!("no output within {timeout:?}"))?;
+    if line.is_empty() {
+        bail!("process exited before printing its addresses");
+    }
+    Ok(line.trim().to_owned())
+}
+
+/// A WebSocket client as a browser script would use one.
+pub struct WsClient {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl std::fmt::Debug for WsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WsClient")
+    }
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Closed {
+    Frame { code: u16, reason: String },
+    WithoutFrame,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Result<WsClient> {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(WsClient { stream })
+    }
+
+    pub async fn send_json(&mut self, value: Value) -> Result<()> {
+        self.send_text(&value.to_string()).await
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.stream.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// The next JSON message, or an error on timeout or close.
+    pub async fn recv_json(&mut self, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = tokio::time::timeout(left, self.stream.next())
+                .await
+                .map_err(|_| anyhow!("no message within {timeout:?}"))?
+                .ok_or_else(|| anyhow!("connection closed"))??;
+            match message {
+                Message::Text(text) => return Ok(serde_json::from_str(text.as_str())?),
+                Message::Close(frame) => bail!("closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Messages until `predicate` matches one (returned last).
+    pub async fn recv_until(
+        &mut self,
+        timeout: Duration,
+        predicate: impl Fn(&Value) -> bool,
+    ) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "predicate not met within {timeout:?}; saw {} messages, last: {:?}",
+                    seen.len(),
+                    seen.last()
+                );
+            }
+            let message = self
+                .recv_json(left)
+                .await
+                .with_context(|| format!("after {} messages", seen.len()))?;
+            let done = predicate(&message);
+            seen.push(message);
+            if done {
+                return Ok(seen);
+            }
+        }
+    }
+
+    /// Waits for the close frame (other messages are skipped).
+    pub async fn closed(&mut self, timeout: Duration) -> Result<Closed> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.next()).await {
+                Err(_) => bail!("not closed within {timeout:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return Ok(Closed::WithoutFrame),
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    return Ok(Closed::Frame {
+                        code: frame.code.into(),
+                        reason: frame.reason.to_string(),
+                    });
+                }
+                Ok(Some(Ok(Message::Close(None)))) => return Ok(Closed::WithoutFrame),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Subscribes and returns the `subscriptionId` of the ack.
+    pub async fn subscribe(&mut self, request: Value) -> Result<String> {
+        self.send_json(request).await?;
+        let ack = self.recv_json(Duration::from_secs(5)).await?;
+        if ack["type"] != "subscribed" {
+            bail!("expected subscribed, got {ack}");
+        }
+        Ok(ack["subscriptionId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+}
+
+pub async fn get_json(url: &str) -> Result<Value> {
+    Ok(reqwest::get(url).await?.json().await?)
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `host` is connected in `/api/hosts`.
+pub async fn wait_for_host(relay: &Relay, host: &str) -> Result<Value> {
+    let url = relay.url("/api/hosts");
+    eventually(Duration::from_secs(20), || {
+        let url = url.clone();
+        async move {
+            let hosts = get_json(&url).await.ok()?;
+            hosts["hosts"]
+                .as_array()?
+                .iter()
+                .find(|h| h["host"] == host && h["connected"] == true)
+                .cloned()
+        }
+    })
+    .await
+}
+
+/// Appends numbered lines `from..to` (`line 000001 ...`) to `path`.
+pub fn append_numbered(path: &Path, from: u64, to: u64) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut text = String::new();
+    for n in from..to {
+        text.push_str(&format!("line {n:08} {}\n", "x".repeat(60)));
+    }
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The line number in a `line 00000042 ...` message.
+pub fn line_number(message: &Value) -> Option<u64> {
+    message["message"]
+        .as_str()?
+        .strip_prefix("line ")?
+        .get(..8)?
+        .parse()
+        .ok()
+}
+
+/// A simulated agent speaking the real uplink protocol over QUIC, to feed
+/// the relay exact items.
+pub struct SimAgent {
+    pub endpoint: quinn::Endpoint,
+    pub session: o1_agent::uplink::Session,
+    pub next_sequence: u64,
+}
+
+impl std::fmt::Debug for SimAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimAgent")
+            .field("next_sequence", &self.next_sequence)
+            .finish()
+    }
+}
+
+pub fn sim_settings(
+    relay: &Relay,
+    pki: &Pki,
+    host: &str,
+    token: &str,
+) -> o1_agent::uplink::UplinkSettings {
+    o1_agent::uplink::UplinkSettings {
+        address: relay.uplink.to_string(),
+        server_name: Some("localhost".into()),
+        ca: Some(pki.ca()),
+        insecure_skip_verify: false,
+        token: token.to_owned(),
+        host: host.to_owned(),
+        agent_id: format!("sim-{host}"),
+        applications: vec!["app".into()],
+        idle_timeout: Duration::from_secs(5),
+        max_frame: o1_common::wire::DEFAULT_MAX_FRAME,
+    }
+}
+
+impl SimAgent {
+    pub async fn connect(relay: &Relay, pki: &Pki, host: &str) -> Result<SimAgent> {
+        let settings = sim_settings(relay, pki, host, &pki.token);
+        let endpoint = o1_agent::uplink::endpoint(&settings)?;
+        let session = o1_agent::uplink::connect(&endpoint, &settings).await?;
+        Ok(SimAgent {
+            endpoint,
+            session,
+            next_sequence: 1,
+        })
+    }
+
+    /// Sends one batch and waits for its ack.
+    pub async fn send(&mut self, items: Vec<o1_common::wire::Item>) -> Result<u64> {
+        let sequence = self.next_sequence;
+        self.send_with_sequence(sequence, items).await?;
+        self.next_sequence += 1;
+        Ok(sequence)
+    }
+
+    pub async fn send_with_sequence(
+        &mut self,
+        sequence: u64,
+        items: Vec<o1_common::wire::Item>,
+    ) -> Result<()> {
+        let mut frame = Vec::new();
+        let batch = o1_common::wire::AgentMessage::Batch(o1_common::wire::Batch {
+            sequence,
+            items,
+            dropped_items: 0,
+        });
+        o1_common::wire::encode_frame(&batch, &mut frame, o1_common::wire::DEFAULT_MAX_FRAME)?;
+        self.session.send_frame(&frame).await?;
+        let acked =
+            tokio::time::timeout(Duration::from_secs(10), self.session.next_ack()).await??;
+        if acked < sequence {
+            bail!("ack {acked} below {sequence}");
+        }
+        Ok(())
+    }
+}
+
+pub fn log_item(
+    application: &str,
+    level: o1_common::Level,
+    message: &str,
+) -> o1_common::wire::Item {
+    o1_common::wire::Item::Log(o1_common::wire::LogRecord {
+        application: application.to_owned(),
+        timestamp_ms: o1_common::Timestamp::now().unix_millis,
+        level,
+        message: message.to_owned(),
+        deployment_id: None,
+    })
+}
+
+pub fn metric_item(application: &str, cpu: f64) -> o1_common::wire::Item {
+    o1_common::wire::Item::Metric(o1_common::wire::MetricSample {
+        application: application.to_owned(),
+        timestamp_ms: o1_common::Timestamp::now().unix_millis,
+        up: true,
+        cpu_percent: cpu,
+        memory_percent: 50.0,
+        memory_bytes: 1 << 30,
+        disk_percent: Some(25.5),
+        disk_bytes: Some(1 << 33),
+        network: Some((1000.0, 2000.0)),
+    })
+}
