@@ -5,6 +5,9 @@
 //! The binaries are those of the workspace's target directory; the test
 //! command (`scripts/test.sh`) builds them before running the tests.
 
+// Test fixtures: a failed expectation is a failed test.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
