@@ -1,3 +1,6 @@
 //! End-to-end tests: the real binaries on free ports, real clients.
 
+// Tests: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod websocket_api;
