@@ -94,13 +94,13 @@ impl Relay {
     pub fn start_on(dir: &Path, pki: &Pki, extra: &str, http: &str, uplink: &str) -> Result<Relay> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("relay.toml");
-        let text = format!(
-            "[http]\nlisten = \"{http}\"\n\n[uplink]\nlisten = \"{uplink}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[auth]\ntoken_sha256 = [\"{}\"]\n\n{extra}\n",
+        let base = format!(
+            "[http]\nlisten = \"{http}\"\n\n[uplink]\nlisten = \"{uplink}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[auth]\ntoken_sha256 = [\"{}\"]\n",
             pki.dir.join("relay.crt").display(),
             pki.dir.join("relay.key").display(),
             pki.token_sha256
         );
-        std::fs::write(&config, text)?;
+        std::fs::write(&config, merge_toml(&base, extra)?)?;
         Self::spawn(&config, dir)
     }
 
@@ -148,17 +148,11 @@ impl Relay {
     pub fn kill_and_restart(&mut self) -> Result<()> {
         self.kill();
         let text = std::fs::read_to_string(&self.config)?;
-        let text = text
-            .replace(
-                "listen = \"127.0.0.1:0\"\n\n[uplink]",
-                &format!("listen = \"{}\"\n\n[uplink]", self.http),
-            )
-            .replacen(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"{}\"", self.uplink),
-                1,
-            );
-        std::fs::write(&self.config, text)?;
+        let pinned = format!(
+            "[http]\nlisten = \"{}\"\n[uplink]\nlisten = \"{}\"\n",
+            self.http, self.uplink
+        );
+        std::fs::write(&self.config, merge_toml(&text, &pinned)?)?;
         let dir = self.config.parent().context("config dir")?.to_owned();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -216,14 +210,14 @@ impl Agent {
     pub fn start(dir: &Path, pki: &Pki, relay: &Relay, host: &str, extra: &str) -> Result<Agent> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("agent.toml");
-        let text = format!(
-            "host = \"{host}\"\nstate_dir = \"{}\"\n\n[relay]\naddress = \"{}\"\nserver_name = \"localhost\"\nca = \"{}\"\ntoken = \"{}\"\nmin_backoff_ms = 100\nmax_backoff_ms = 1000\nidle_timeout_secs = 3\n\n{extra}\n",
+        let base = format!(
+            "host = \"{host}\"\nstate_dir = \"{}\"\n\n[relay]\naddress = \"{}\"\nserver_name = \"localhost\"\nca = \"{}\"\ntoken = \"{}\"\nmin_backoff_ms = 100\nmax_backoff_ms = 1000\nidle_timeout_secs = 3\n",
             dir.join("state").display(),
             relay.uplink,
             pki.ca().display(),
             pki.token
         );
-        std::fs::write(&config, text)?;
+        std::fs::write(&config, merge_toml(&base, extra)?)?;
         Self::spawn(&config, dir)
     }
 
@@ -280,6 +274,25 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `base` with the tables of `extra` merged in, key by key.
+pub fn merge_toml(base: &str, extra: &str) -> Result<String> {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (key, value) in from {
+            match (into.get_mut(&key), value) {
+                (Some(toml::Value::Table(existing)), toml::Value::Table(more)) => {
+                    merge(existing, more)
+                }
+                (_, value) => {
+                    into.insert(key, value);
+                }
+            }
+        }
+    }
+    let mut table: toml::Table = base.parse()?;
+    merge(&mut table, extra.parse()?);
+    Ok(toml::to_string(&table)?)
 }
 
 fn signal(pid: u32, name: &str) {

@@ -3,4 +3,5 @@
 // Tests: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod uplink;
 mod websocket_api;
