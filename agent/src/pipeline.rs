@@ -69,17 +69,19 @@ pub fn run_batcher(
     let mut items: Vec<Item> = Vec::new();
     let mut bytes = 0usize;
     let mut opened_at: Option<Instant> = None;
-    let mut positions: HashMap<FileKey, u64> = HashMap::new();
+    // Keyed by inode: a file whose identity changed (copytruncate) keeps
+    // only its newest key and position.
+    let mut positions: HashMap<(u64, u64), (FileKey, u64)> = HashMap::new();
     let mut paths: HashMap<FileKey, String> = HashMap::new();
     let flush = |items: &mut Vec<Item>,
-                 positions: &mut HashMap<FileKey, u64>,
+                 positions: &mut HashMap<(u64, u64), (FileKey, u64)>,
                  paths: &HashMap<FileKey, String>| {
         if items.is_empty() {
             return;
         }
         let offsets: Vec<FileOffset> = positions
             .drain()
-            .map(|(key, offset)| FileOffset {
+            .map(|(_, (key, offset))| FileOffset {
                 key,
                 offset,
                 path: paths.get(&key).cloned().unwrap_or_default(),
@@ -112,8 +114,14 @@ pub fn run_batcher(
                     } => {
                         bytes += lines.iter().map(item_size).sum::<usize>();
                         items.extend(lines);
-                        let position = positions.entry(key).or_insert(offset);
-                        *position = (*position).max(offset);
+                        let position = positions
+                            .entry((key.device, key.inode))
+                            .or_insert((key, offset));
+                        if position.0 == key {
+                            position.1 = position.1.max(offset);
+                        } else {
+                            *position = (key, offset);
+                        }
                     }
                     Event::FilePath { key, path } => {
                         paths.insert(key, path);

@@ -48,6 +48,8 @@ pub struct SpoolLimits {
 struct RecordHeader {
     sequence: u64,
     items: u32,
+    /// The drop count this batch reports, carried on if it is dropped too.
+    dropped_items: u64,
     offsets: Vec<FileOffset>,
 }
 
@@ -66,6 +68,7 @@ struct Record {
     frame_at: u64,
     frame_len: u32,
     items: u32,
+    dropped_items: u64,
     offsets: Vec<FileOffset>,
 }
 
@@ -142,6 +145,7 @@ impl Spool {
                             frame_at: (at + frame_offset) as u64,
                             frame_len,
                             items: header.items,
+                            dropped_items: header.dropped_items,
                             offsets: header.offsets,
                         });
                         at += total;
@@ -261,6 +265,7 @@ impl Spool {
         let header = RecordHeader {
             sequence,
             items: item_count,
+            dropped_items,
             offsets,
         };
         let header_bytes = postcard::to_allocvec(&header).map_err(io::Error::other)?;
@@ -295,6 +300,7 @@ impl Spool {
             frame_at,
             frame_len: frame.len() as u32,
             items: item_count,
+            dropped_items,
             offsets: header.offsets,
         });
         self.next_sequence += 1;
@@ -322,6 +328,7 @@ impl Spool {
 
     fn enforce_limit(&mut self) -> io::Result<()> {
         let mut dropped = 0u64;
+        let mut carried = 0u64;
         while self.total_bytes > self.limits.max_bytes && self.segments.len() > 1 {
             let Some(oldest) = self.segments.pop_front() else {
                 break;
@@ -335,6 +342,9 @@ impl Spool {
                     && record.sequence > self.acked
                 {
                     dropped += u64::from(record.items);
+                    // A report that is itself dropped is carried into the
+                    // next one, so the relay still hears of every loss.
+                    carried += record.dropped_items;
                 }
             }
             self.total_bytes -= oldest.len;
@@ -347,7 +357,9 @@ impl Spool {
                 dropped_items = dropped,
                 "spool full: dropped the oldest unsent items"
             );
-            self.write_record(Vec::new(), Vec::new(), dropped)?;
+            self.write_record(Vec::new(), Vec::new(), dropped + carried)?;
+        } else if carried > 0 {
+            self.write_record(Vec::new(), Vec::new(), carried)?;
         }
         Ok(())
     }

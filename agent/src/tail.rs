@@ -71,6 +71,9 @@ struct Tracked {
     last_growth: Instant,
     /// Gone from the globs since.
     missing_since: Option<Instant>,
+    /// Discovery order: older files are read first, so a rotated file's
+    /// last lines go out before the new file's first ones.
+    discovered: u64,
 }
 
 enum Wake {
@@ -88,6 +91,7 @@ pub struct Tailer {
     unreadable: HashSet<PathBuf>,
     warned_max_files: bool,
     buffer: Vec<u8>,
+    discovered: u64,
 }
 
 impl std::fmt::Debug for Tailer {
@@ -139,6 +143,7 @@ impl Tailer {
             unreadable: HashSet::new(),
             warned_max_files: false,
             buffer: vec![0; CHUNK],
+            discovered: 0,
         }
     }
 
@@ -370,8 +375,10 @@ impl Tailer {
                 pending_since: None,
                 last_growth: Instant::now(),
                 missing_since: None,
+                discovered: self.discovered,
             },
         );
+        self.discovered += 1;
         true
     }
 
@@ -379,7 +386,13 @@ impl Tailer {
     /// more than its budget; `None` when the batcher is gone.
     fn read_all(&mut self) -> Option<bool> {
         let mut more = false;
-        let ids: Vec<(u64, u64)> = self.files.keys().copied().collect();
+        let mut ids: Vec<(u64, u64, u64)> = self
+            .files
+            .iter()
+            .map(|(id, t)| (t.discovered, id.0, id.1))
+            .collect();
+        ids.sort_unstable();
+        let ids = ids.into_iter().map(|(_, device, inode)| (device, inode));
         for id in ids {
             let Some(mut tracked) = self.files.remove(&id) else {
                 continue;
@@ -398,12 +411,46 @@ impl Tailer {
         let len = metadata.len();
         if len < tracked.read_pos || (len != tracked.read_pos && self.rewritten(tracked)) {
             tracing::info!(path = %tracked.path.display(), "log file truncated (copytruncate?); reading from the start");
+            self.recover_from_copy(tracked)?;
             self.flush_pending(tracked, true)?;
             tracked.read_pos = 0;
             tracked.committed = 0;
             tracked.partial.clear();
             tracked.partial_since = None;
             tracked.cutting = false;
+            // New content, new identity: the checkpoint must not match the
+            // old fingerprint against it after a restart.
+            let mut prefix = vec![0u8; FINGERPRINT_BYTES];
+            let got = read_prefix(&tracked.file, &mut prefix);
+            tracked.key.fingerprint = crc32fast::hash(&prefix[..got]);
+            tracked.key.fingerprint_len = got as u32;
+            self.events
+                .send(Event::FilePath {
+                    key: tracked.key,
+                    path: tracked.path.display().to_string(),
+                })
+                .ok()?;
+        }
+        if (tracked.key.fingerprint_len as usize) < FINGERPRINT_BYTES
+            && len > u64::from(tracked.key.fingerprint_len)
+        {
+            // The file was short when first seen: identify it by more bytes
+            // now, so inode reuse and copytruncate copies are recognised.
+            let mut prefix = vec![0u8; FINGERPRINT_BYTES];
+            let got = read_prefix(&tracked.file, &mut prefix);
+            if got > tracked.key.fingerprint_len as usize
+                && crc32fast::hash(&prefix[..tracked.key.fingerprint_len as usize])
+                    == tracked.key.fingerprint
+            {
+                tracked.key.fingerprint = crc32fast::hash(&prefix[..got]);
+                tracked.key.fingerprint_len = got as u32;
+                self.events
+                    .send(Event::FilePath {
+                        key: tracked.key,
+                        path: tracked.path.display().to_string(),
+                    })
+                    .ok()?;
+            }
         }
         let mut budget = READ_BUDGET;
         let app = self.apps[tracked.app].clone();
@@ -438,6 +485,86 @@ impl Tailer {
             }
         }
         Some(tracked.read_pos < len)
+    }
+
+    /// After a copytruncate, the lines written between our last read and
+    /// the truncation are only in the copy: find it (a file in the same
+    /// directory, at least as long as what we read, with our fingerprint)
+    /// and read the rest from it. `None` when the batcher is gone.
+    fn recover_from_copy(&mut self, tracked: &mut Tracked) -> Option<()> {
+        let fingerprint_len = tracked.key.fingerprint_len as usize;
+        let Some(dir) = tracked.path.parent() else {
+            return Some(());
+        };
+        if fingerprint_len == 0 {
+            return Some(());
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Some(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if path == tracked.path
+                || !metadata.is_file()
+                || metadata.len() <= tracked.read_pos
+                || self.files.contains_key(&(metadata.dev(), metadata.ino()))
+            {
+                continue;
+            }
+            let Ok(copy) = File::open(&path) else {
+                continue;
+            };
+            let mut prefix = vec![0u8; fingerprint_len];
+            if read_prefix(&copy, &mut prefix) < fingerprint_len
+                || crc32fast::hash(&prefix) != tracked.key.fingerprint
+            {
+                continue;
+            }
+            tracing::info!(copy = %path.display(), from = tracked.read_pos, "reading the end of the truncated file from its copy");
+            let app = self.apps[tracked.app].clone();
+            while tracked.read_pos < metadata.len() {
+                let want = CHUNK.min((metadata.len() - tracked.read_pos) as usize);
+                let n = match copy.read_at(&mut self.buffer[..want], tracked.read_pos) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let chunk = std::mem::take(&mut self.buffer);
+                let (items, offset) = self.split_lines(tracked, &app, &chunk[..n]);
+                self.buffer = chunk;
+                if !items.is_empty() {
+                    self.events
+                        .send(Event::Lines {
+                            items,
+                            key: tracked.key,
+                            offset,
+                        })
+                        .ok()?;
+                }
+            }
+            // A last line without newline in the copy is complete now.
+            if !tracked.partial.is_empty() {
+                let line = std::mem::take(&mut tracked.partial);
+                tracked.partial_since = None;
+                let record = make_record(&app, &line, self.config.max_line_bytes);
+                let mut items = Vec::new();
+                let end = tracked.read_pos;
+                let committed = self.hold_or_emit(tracked, &app, Some(record), end, &mut items);
+                if !items.is_empty() {
+                    self.events
+                        .send(Event::Lines {
+                            items,
+                            key: tracked.key,
+                            offset: committed,
+                        })
+                        .ok()?;
+                }
+            }
+            break;
+        }
+        Some(())
     }
 
     /// Whether the file's first bytes changed (rewritten in place).

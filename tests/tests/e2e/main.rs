@@ -3,5 +3,6 @@
 // Tests: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod tailing;
 mod uplink;
 mod websocket_api;
