@@ -111,6 +111,8 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group, so cancelling stops the whole step.
+        .process_group(0)
         .spawn()
     {
         Ok(child) => child,
@@ -129,7 +131,16 @@ pub async fn run(
     let mut stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut cancelled = false;
+    let mut exited: Option<std::io::Result<std::process::ExitStatus>> = None;
+    // After the step exits, output still in the pipes is read for a moment;
+    // a grandchild holding them open does not keep us waiting.
+    let mut drain_until = tokio::time::Instant::now() + Duration::from_secs(3600);
     let status = loop {
+        if exited.is_some() && stdout.is_none() && stderr.is_none() {
+            break exited
+                .take()
+                .unwrap_or_else(|| Err(std::io::Error::other("no status")));
+        }
         tokio::select! {
             line = async { stdout.as_mut()?.next_line().await.ok().flatten() }, if stdout.is_some() => {
                 match line {
@@ -153,7 +164,13 @@ pub async fn run(
                     None => stderr = None,
                 }
             }
-            status = child.wait(), if stdout.is_none() && stderr.is_none() => break status,
+            status = child.wait(), if exited.is_none() => {
+                exited = Some(status);
+                drain_until = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
+            _ = tokio::time::sleep_until(drain_until), if exited.is_some() => {
+                break exited.take().unwrap_or_else(|| Err(std::io::Error::other("no status")));
+            }
             _ = tokio::signal::ctrl_c(), if !cancelled => {
                 cancelled = true;
                 stop_child(&mut child).await;
@@ -202,17 +219,20 @@ pub async fn run(
     ExitCode::from(code)
 }
 
+/// SIGTERM to the step's process group, SIGKILL after 5 s.
 async fn stop_child(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
-    }
+    let Some(pid) = child.id() else { return };
+    let group = format!("-{pid}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", "--", &group])
+        .status();
     if tokio::time::timeout(Duration::from_secs(5), child.wait())
         .await
         .is_err()
     {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
         let _ = child.start_kill();
     }
 }

@@ -208,6 +208,18 @@ pub struct Agent {
 impl Agent {
     /// Writes `agent.toml` in `dir` (relay section filled in) and starts it.
     pub fn start(dir: &Path, pki: &Pki, relay: &Relay, host: &str, extra: &str) -> Result<Agent> {
+        let config = Self::write_config(dir, pki, relay, host, extra)?;
+        Self::spawn(&config, dir)
+    }
+
+    /// Writes `agent.toml` in `dir` and returns its path.
+    pub fn write_config(
+        dir: &Path,
+        pki: &Pki,
+        relay: &Relay,
+        host: &str,
+        extra: &str,
+    ) -> Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("agent.toml");
         let base = format!(
@@ -218,7 +230,7 @@ impl Agent {
             pki.token
         );
         std::fs::write(&config, merge_toml(&base, extra)?)?;
-        Self::spawn(&config, dir)
+        Ok(config)
     }
 
     pub fn spawn(config: &Path, dir: &Path) -> Result<Agent> {

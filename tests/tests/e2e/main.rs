@@ -3,6 +3,7 @@
 // Tests: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod deployments;
 mod metrics;
 mod tailing;
 mod uplink;
