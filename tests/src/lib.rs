@@ -333,7 +333,7 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-fn read_first_line(stdout: std::process::ChildStdout, timeout: Duration) -> Result<String> {
+pub fn read_first_line(stdout: std::process::ChildStdout, timeout: Duration) -> Result<String> {
     use std::io::BufRead;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

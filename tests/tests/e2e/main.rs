@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod deployments;
+mod first_run;
 mod metrics;
 mod tailing;
 mod uplink;
