@@ -117,10 +117,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let spool = Arc::new(Mutex::new(spool));
     let spooled = Arc::new(Notify::new());
     let stats = Arc::new(AgentStats::default());
-    let acked = Arc::new(Mutex::new(CheckpointState {
-        checkpoint,
-        dirty: false,
-    }));
+    let acked = Arc::new(Mutex::new(CheckpointState::new(checkpoint)));
+    let acked_notify = Arc::new(Notify::new());
 
     let (events, receiver) = std::sync::mpsc::sync_channel::<Event>(pipeline::EVENT_QUEUE);
     let batcher = {
@@ -135,6 +133,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .spawn(move || pipeline::run_batcher(receiver, spool, spooled, limits, stats))?
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let mut metrics_stop: Option<std::sync::mpsc::Sender<()>> = None;
     let mut threads = Vec::new();
     let apps: Vec<AppLogs> = config
         .applications
@@ -168,16 +167,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             Duration::from_secs(config.metrics.discovery_interval_secs),
         )
         .map_err(|e| anyhow::anyhow!("cannot start metrics sampling: {e}"))?;
-        let (events, stop, stats, interval) = (
-            events.clone(),
-            stop.clone(),
-            stats.clone(),
-            config.interval(),
-        );
+        let (events, stats, interval) = (events.clone(), stats.clone(), config.interval());
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        metrics_stop = Some(stop_tx);
         threads.push(
             std::thread::Builder::new()
                 .name("o1-metrics".into())
-                .spawn(move || sample_metrics(sampler, interval, events, stop, stats))?,
+                .spawn(move || sample_metrics(sampler, interval, events, stop_rx, stats))?,
         );
     }
     drop(events);
@@ -189,6 +185,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             spool: spool.clone(),
             spooled: spooled.clone(),
             acked: acked.clone(),
+            acked_notify: acked_notify.clone(),
             max_in_flight: config.relay.max_in_flight,
             backoff: (
                 Duration::from_millis(config.relay.min_backoff_ms),
@@ -203,6 +200,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         checkpoint_path.clone(),
         spool.clone(),
         acked.clone(),
+        acked_notify.clone(),
         CHECKPOINT_INTERVAL,
         checkpointer_shutdown.clone(),
     ));
@@ -210,6 +208,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     shutdown.cancelled().await;
     tracing::info!("o1-agent stopping");
     stop.store(true, Ordering::Relaxed);
+    drop(metrics_stop);
     let _ = tokio::task::spawn_blocking(move || {
         for thread in threads {
             let _ = thread.join();
@@ -221,7 +220,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let _ = sender.await;
     checkpointer_shutdown.cancel();
     let _ = checkpointer.await;
-    pipeline::write_checkpoint(&checkpoint_path, &spool, &acked);
+    pipeline::write_checkpoint(&checkpoint_path, &spool, &acked, true);
     if let Err(error) = pipeline::lock(&spool).maybe_sync() {
         tracing::error!(%error, "cannot fsync the spool");
     }
@@ -232,18 +231,20 @@ fn sample_metrics(
     mut sampler: metrics::Sampler,
     interval: Duration,
     events: std::sync::mpsc::SyncSender<Event>,
-    stop: Arc<AtomicBool>,
+    stop: std::sync::mpsc::Receiver<()>,
     stats: Arc<AgentStats>,
 ) {
     // CPU usage needs two readings at least this far apart.
     let mut next = std::time::Instant::now()
         + sysinfo::MINIMUM_CPU_UPDATE_INTERVAL.max(Duration::from_millis(250));
-    while !stop.load(Ordering::Relaxed) {
-        let now = std::time::Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(Duration::from_millis(100)));
-            continue;
+    loop {
+        // One wake-up per interval: sleep on the stop channel.
+        let wait = next.saturating_duration_since(std::time::Instant::now());
+        match stop.recv_timeout(wait) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
         }
+        let now = std::time::Instant::now();
         next += interval;
         if next < now {
             next = now + interval;

@@ -22,7 +22,7 @@ use std::time::Instant;
 use o1_common::Timestamp;
 use o1_common::wire::MetricSample;
 use sysinfo::{
-    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, Pid, ProcessRefreshKind,
+    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Pid, ProcessRefreshKind,
     ProcessesToUpdate, System, UpdateKind,
 };
 
@@ -47,7 +47,9 @@ struct AppProbe {
 #[derive(Debug)]
 pub struct Sampler {
     system: System,
-    networks: Networks,
+    /// Previous (received, sent) byte totals of non-loopback interfaces.
+    network_totals: Option<(u64, u64)>,
+    network_buffer: String,
     disks: Disks,
     host_disk: Option<usize>,
     apps: Vec<AppProbe>,
@@ -66,6 +68,36 @@ fn disk_for(disks: &Disks, path: &Path) -> Option<usize> {
         .filter(|(_, disk)| path.starts_with(disk.mount_point()))
         .max_by_key(|(_, disk)| disk.mount_point().as_os_str().len())
         .map(|(index, _)| index)
+}
+
+/// Received and sent bytes summed over non-loopback interfaces, from one
+/// read of `/proc/net/dev`. (sysinfo's `Networks` reads several sysfs files
+/// per interface each time; this is one file, and the agent's cost is the
+/// first requirement.)
+fn read_network_totals(buffer: &mut String) -> Option<(u64, u64)> {
+    use std::io::Read;
+    buffer.clear();
+    std::fs::File::open("/proc/net/dev")
+        .ok()?
+        .read_to_string(buffer)
+        .ok()?;
+    Some(parse_net_dev(buffer))
+}
+
+fn parse_net_dev(text: &str) -> (u64, u64) {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            if name.trim() == "lo" {
+                return None;
+            }
+            let mut fields = counters.split_whitespace();
+            let received: u64 = fields.next()?.parse().ok()?;
+            let sent: u64 = fields.nth(7)?.parse().ok()?;
+            Some((received, sent))
+        })
+        .fold((0, 0), |(rx, tx), (r, t)| (rx + r, tx + t))
 }
 
 /// PIDs in a systemd unit's cgroup (cgroup v2, then v1's systemd hierarchy).
@@ -124,7 +156,8 @@ impl Sampler {
         let cores = system.cpus().len().max(1) as f64;
         let mut sampler = Sampler {
             system,
-            networks: Networks::new_with_refreshed_list()?,
+            network_totals: None,
+            network_buffer: String::new(),
             disks,
             host_disk,
             apps,
@@ -230,9 +263,14 @@ impl Sampler {
             .refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
         self.system
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        self.networks.refresh(true);
+        let totals = read_network_totals(&mut self.network_buffer);
         let elapsed = self.last_network.elapsed().as_secs_f64().max(0.001);
         self.last_network = Instant::now();
+        let (rx, tx) = match (totals, self.network_totals) {
+            (Some((rx, tx)), Some((prx, ptx))) => (rx.saturating_sub(prx), tx.saturating_sub(ptx)),
+            _ => (0, 0),
+        };
+        self.network_totals = totals;
         let mut wanted: Vec<usize> = self
             .apps
             .iter()
@@ -257,13 +295,6 @@ impl Sampler {
                 (used as f64 / total as f64 * 100.0, used)
             })
         };
-        let (rx, tx) = self
-            .networks
-            .iter()
-            .filter(|(name, _)| name.as_os_str() != "lo")
-            .fold((0u64, 0u64), |(rx, tx), (_, data)| {
-                (rx + data.received(), tx + data.transmitted())
-            });
         let used_memory = self.system.used_memory();
         let host_disk = disk_usage(self.host_disk);
         let mut samples = Vec::with_capacity(self.apps.len() + 1);
@@ -304,5 +335,16 @@ impl Sampler {
             });
         }
         samples
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_dev_sums_all_but_loopback() {
+        let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo: 1000 10 0 0 0 0 0 0 1000 10 0 0 0 0 0 0\n  eth0: 5000 50 0 0 0 0 0 0 7000 70 0 0 0 0 0 0\n  eth1: 1 1 0 0 0 0 0 0 2 2 0 0 0 0 0 0\n";
+        assert_eq!(parse_net_dev(text), (5001, 7002));
     }
 }

@@ -160,12 +160,32 @@ fn item_size(item: &Item) -> usize {
     }
 }
 
-/// The acknowledged positions not yet written to the checkpoint file.
+/// Acknowledged positions, and whether the checkpoint file lags them.
 #[derive(Debug)]
 pub struct CheckpointState {
     pub checkpoint: Checkpoint,
+    /// The acknowledged sequence moved (metrics-only acks): written lazily,
+    /// every [`LAZY_CHECKPOINT`] — a stale sequence only makes the relay
+    /// drop a few resent duplicates after a restart.
     pub dirty: bool,
+    /// File positions moved: written within [`crate::CHECKPOINT_INTERVAL`].
+    pub offsets_dirty: bool,
+    pub written_at: Instant,
 }
+
+impl CheckpointState {
+    pub fn new(checkpoint: Checkpoint) -> Self {
+        CheckpointState {
+            checkpoint,
+            dirty: false,
+            offsets_dirty: false,
+            written_at: Instant::now(),
+        }
+    }
+}
+
+/// Longest a moved acknowledged sequence waits to be written.
+pub const LAZY_CHECKPOINT: Duration = Duration::from_secs(30);
 
 /// What the sender needs: where to send, what, and where acks go.
 #[derive(Debug)]
@@ -174,6 +194,8 @@ pub struct Sender {
     pub spool: Arc<Mutex<Spool>>,
     pub spooled: Arc<Notify>,
     pub acked: Arc<Mutex<CheckpointState>>,
+    /// Woken when an ack moved file positions.
+    pub acked_notify: Arc<Notify>,
     pub max_in_flight: usize,
     /// First and longest reconnect delay.
     pub backoff: (Duration, Duration),
@@ -188,6 +210,7 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
         spool,
         spooled,
         acked,
+        acked_notify,
         max_in_flight,
         backoff,
         stats,
@@ -217,7 +240,7 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
                     session,
                     &spool,
                     &spooled,
-                    &acked,
+                    (&acked, &acked_notify),
                     max_in_flight,
                     &stats,
                     &shutdown,
@@ -262,7 +285,7 @@ async fn ship(
     mut session: uplink::Session,
     spool: &Mutex<Spool>,
     spooled: &Notify,
-    acked: &Mutex<CheckpointState>,
+    (acked, acked_notify): (&Mutex<CheckpointState>, &Notify),
     max_in_flight: usize,
     stats: &AgentStats,
     shutdown: &CancellationToken,
@@ -314,8 +337,12 @@ async fn ship(
                 stats.batches_acked.fetch_add(1, Ordering::Relaxed);
                 let mut state = acked.lock().unwrap_or_else(|p| p.into_inner());
                 state.checkpoint.acked_sequence = state.checkpoint.acked_sequence.max(sequence);
-                state.checkpoint.merge(&offsets);
                 state.dirty = true;
+                if !offsets.is_empty() {
+                    state.checkpoint.merge(&offsets);
+                    state.offsets_dirty = true;
+                    acked_notify.notify_one();
+                }
             }
             _ = spooled.notified() => {}
             _ = shutdown.cancelled(), if draining_since.is_none() => {
@@ -326,40 +353,53 @@ async fn ship(
     }
 }
 
-/// Writes the checkpoint when acks moved it, then releases spool segments.
+/// Writes the checkpoint when acks moved file positions (coalescing for
+/// [`crate::CHECKPOINT_INTERVAL`]) or, lazily, the acknowledged sequence;
+/// then lets the spool delete what the written checkpoint covers. Sleeps
+/// between acks: no periodic wake-ups while nothing happens.
 pub async fn run_checkpointer(
     path: std::path::PathBuf,
     spool: Arc<Mutex<Spool>>,
     acked: Arc<Mutex<CheckpointState>>,
+    acked_notify: Arc<Notify>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
-        let stop = tokio::select! {
-            _ = shutdown.cancelled() => true,
-            _ = tokio::time::sleep(interval) => false,
-        };
-        write_checkpoint(&path, &spool, &acked);
-        if let Err(error) = lock(&spool).maybe_sync() {
-            tracing::error!(%error, "cannot fsync the spool");
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                write_checkpoint(&path, &spool, &acked, true);
+                return;
+            }
+            _ = acked_notify.notified() => {}
+            _ = tokio::time::sleep(LAZY_CHECKPOINT) => {}
         }
-        if stop {
-            return;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(interval) => {}
         }
+        write_checkpoint(&path, &spool, &acked, false);
     }
 }
 
+/// Writes the checkpoint if positions moved, or if the sequence moved and
+/// `force` or [`LAZY_CHECKPOINT`] passed.
 pub fn write_checkpoint(
     path: &std::path::Path,
     spool: &Mutex<Spool>,
     acked: &Mutex<CheckpointState>,
+    force: bool,
 ) {
     let snapshot = {
         let mut state = acked.lock().unwrap_or_else(|p| p.into_inner());
-        if !state.dirty {
+        let due = state.offsets_dirty
+            || (state.dirty && (force || state.written_at.elapsed() >= LAZY_CHECKPOINT));
+        if !due {
             return;
         }
         state.dirty = false;
+        state.offsets_dirty = false;
+        state.written_at = Instant::now();
         state.checkpoint.clone()
     };
     match checkpoint::store(path, &snapshot) {
@@ -370,7 +410,9 @@ pub fn write_checkpoint(
         }
         Err(error) => {
             tracing::error!(%error, path = %path.display(), "cannot write the checkpoint");
-            acked.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+            let mut state = acked.lock().unwrap_or_else(|p| p.into_inner());
+            state.dirty = true;
+            state.offsets_dirty = true;
         }
     }
 }

@@ -27,7 +27,10 @@ pub struct DemoOptions {
 fn credentials(data_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     let tls = data_dir.join("tls");
     let token_path = data_dir.join("token");
-    if let (true, Ok(token)) = (tls.join("relay.crt").exists(), std::fs::read_to_string(&token_path)) {
+    if let (true, Ok(token)) = (
+        tls.join("relay.crt").exists(),
+        std::fs::read_to_string(&token_path),
+    ) {
         return Ok((tls, token.trim().to_owned()));
     }
     let generated = crate::certs::generate(&tls, &["localhost".into(), "127.0.0.1".into()])?;
@@ -37,7 +40,8 @@ fn credentials(data_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
 
 pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = &options.data_dir;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(data_dir)?;
     let (tls, token) = credentials(&data_dir)?;
     let mut config = RelayConfig::default();
@@ -65,15 +69,17 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
     agent.relay.ca = Some(tls.join("ca.crt"));
     agent.relay.token = token.clone();
     agent.logs.start_at = o1_agent::config::StartAt::End;
-    agent.applications.push(o1_agent::config::ApplicationConfig {
-        name: "demo".into(),
-        process_name: None,
-        cmdline: None,
-        systemd_unit: None,
-        data_dir: Some(data_dir.clone()),
-        logs: vec![log.display().to_string()],
-        multiline: o1_agent::config::Multiline::None,
-    });
+    agent
+        .applications
+        .push(o1_agent::config::ApplicationConfig {
+            name: "demo".into(),
+            process_name: None,
+            cmdline: None,
+            systemd_unit: None,
+            data_dir: Some(data_dir.clone()),
+            logs: vec![log.display().to_string()],
+            multiline: o1_agent::config::Multiline::None,
+        });
     agent.validate()?;
     let host = agent.host_name();
 
@@ -98,7 +104,11 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
     let relay = tokio::spawn(run(state, listeners));
     let agent_task = tokio::spawn(o1_agent::run(agent, shutdown.clone()));
     if options.heartbeat_secs > 0 {
-        let (log, shutdown, every) = (log.clone(), shutdown.clone(), Duration::from_secs(options.heartbeat_secs));
+        let (log, shutdown, every) = (
+            log.clone(),
+            shutdown.clone(),
+            Duration::from_secs(options.heartbeat_secs),
+        );
         tokio::spawn(async move {
             let mut n = 0u64;
             loop {
@@ -109,7 +119,11 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
                 n += 1;
                 let line = format!("{} INFO demo heartbeat {n}\n", o1_common::Timestamp::now());
                 use std::io::Write;
-                if let Ok(mut file) = std::fs::OpenOptions::new().append(true).create(true).open(&log) {
+                if let Ok(mut file) = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&log)
+                {
                     let _ = file.write_all(line.as_bytes());
                 }
             }

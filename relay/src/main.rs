@@ -88,7 +88,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Serve { no_uplink }) => serve(&cli.config, &cli.overrides, !no_uplink),
-        Some(Command::Demo { dir, http, uplink, heartbeat_secs }) => demo(o1_relay::demo::DemoOptions {
+        Some(Command::Demo {
+            dir,
+            http,
+            uplink,
+            heartbeat_secs,
+        }) => demo(o1_relay::demo::DemoOptions {
             data_dir: dir,
             http,
             uplink,
@@ -182,7 +187,10 @@ fn serve(config_path: &std::path::Path, overrides: &[String], with_uplink: bool)
 }
 
 fn demo(options: o1_relay::demo::DemoOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("o1-relay: cannot start the runtime: {e}");

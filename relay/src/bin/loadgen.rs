@@ -1,1 +1,436 @@
-fn main() {}
+//! `o1-loadgen`: load generator for the relay (and the nchan baseline).
+//! Every figure in BENCHMARKS.md names the command that produced it.
+//!
+//! - `idle`: opens N idle WebSocket connections and reports the server's
+//!   resident memory per connection.
+//! - `fanout`: N WebSocket subscribers, one publisher; delivered messages
+//!   per second, latency p50/p99, server CPU per delivered message.
+//!   `--nchan` publishes by HTTP POST to an nginx+nchan channel instead.
+//! - `ingest`: K simulated agents push log lines over QUIC; lines per
+//!   second and server CPU per million lines.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use o1_common::Level;
+use o1_common::wire::{self, AgentMessage, Batch, Item, LogRecord};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Parser)]
+#[command(name = "o1-loadgen", about = "Load generator for o1-relay benchmarks")]
+struct Cli {
+    /// PIDs of the server processes whose CPU and memory are measured.
+    #[arg(long = "pid", global = true)]
+    pids: Vec<u32>,
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    Idle {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+    Fanout {
+        /// WebSocket URL to subscribe to.
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        /// Message text size in bytes.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// o1 relay: QUIC uplink address, CA file and token of an agent.
+        #[arg(long)]
+        uplink: Option<String>,
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+        #[arg(long)]
+        token: Option<String>,
+        /// nchan: HTTP publisher URL (instead of the QUIC uplink).
+        #[arg(long)]
+        nchan_publish: Option<String>,
+        /// Messages per publish batch (o1) or concurrent POSTs (nchan).
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+    },
+    Ingest {
+        #[arg(long)]
+        uplink: String,
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 1)]
+        agents: usize,
+        /// Lines per agent.
+        #[arg(long, default_value_t = 500_000)]
+        lines: u64,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+}
+
+/// utime + stime of the processes, seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let after = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .sum()
+}
+
+/// Resident memory of the processes, bytes.
+fn rss_bytes(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .sum()
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Mode::Idle { url, connections } => idle(&url, connections, &cli.pids).await,
+        Mode::Fanout {
+            url,
+            subscribers,
+            messages,
+            size,
+            uplink,
+            ca,
+            token,
+            nchan_publish,
+            batch,
+        } => {
+            let publisher = match (nchan_publish, uplink, ca, token) {
+                (Some(url), _, _, _) => Publisher::Nchan(url),
+                (None, Some(uplink), Some(ca), Some(token)) => Publisher::O1 { uplink, ca, token },
+                _ => bail!("give --nchan-publish URL, or --uplink, --ca and --token"),
+            };
+            fanout(
+                &url,
+                subscribers,
+                messages,
+                size,
+                publisher,
+                batch,
+                &cli.pids,
+            )
+            .await
+        }
+        Mode::Ingest {
+            uplink,
+            ca,
+            token,
+            agents,
+            lines,
+            batch,
+        } => ingest(&uplink, &ca, &token, agents, lines, batch, &cli.pids).await,
+    }
+}
+
+async fn idle(url: &str, connections: usize, pids: &[u32]) -> Result<()> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_bytes(pids);
+    let mut sockets = Vec::with_capacity(connections);
+    for i in 0..connections {
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("connection {i}"))?;
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_bytes(pids);
+    let per = (after.saturating_sub(before)) as f64 / connections as f64;
+    println!(
+        "idle connections={connections} rss_before={:.1}MiB rss_after={:.1}MiB per_connection={:.2}KiB",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        per / 1024.0
+    );
+    drop(sockets);
+    Ok(())
+}
+
+enum Publisher {
+    O1 {
+        uplink: String,
+        ca: std::path::PathBuf,
+        token: String,
+    },
+    Nchan(String),
+}
+
+async fn fanout(
+    url: &str,
+    subscribers: usize,
+    messages: u64,
+    size: usize,
+    publisher: Publisher,
+    batch: usize,
+    pids: &[u32],
+) -> Result<()> {
+    let received = Arc::new(AtomicU64::new(0));
+    let histogram = Arc::new(std::sync::Mutex::new(
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+    ));
+    let is_o1 = matches!(publisher, Publisher::O1 { .. });
+    let mut tasks = Vec::new();
+    for _ in 0..subscribers {
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+        if is_o1 {
+            socket
+                .send(Message::text(
+                    r#"{"type":"subscribe-logs","application":"bench"}"#,
+                ))
+                .await?;
+            let _ack = socket.next().await;
+        }
+        let received = received.clone();
+        let histogram = histogram.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut local = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+            let mut count = 0u64;
+            while count < messages {
+                let Some(Ok(message)) = socket.next().await else {
+                    break;
+                };
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                // "bench <nanos> ..." inside the JSON (o1) or the body (nchan).
+                if let Some(at) = text.as_str().find("bench ") {
+                    let rest = &text.as_str()[at + 6..];
+                    let end = rest.find(' ').unwrap_or(rest.len());
+                    if let Ok(sent) = rest[..end].parse::<u64>() {
+                        let micros = now_nanos().saturating_sub(sent) / 1000;
+                        if let Some(h) = local.as_mut() {
+                            h.saturating_record(micros.max(1));
+                        }
+                    }
+                    count += 1;
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let (Some(local), Ok(mut global)) = (local, histogram.lock()) {
+                let _ = global.add(local);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let padding = "p".repeat(size.saturating_sub(32));
+    let cpu_before = cpu_seconds(pids);
+    let started = Instant::now();
+    match publisher {
+        Publisher::O1 { uplink, ca, token } => {
+            let settings = o1_agent::uplink::UplinkSettings {
+                address: uplink,
+                server_name: Some("localhost".into()),
+                ca: Some(ca),
+                insecure_skip_verify: false,
+                token,
+                host: "bench-host".into(),
+                agent_id: format!("bench-{}", now_nanos()),
+                applications: vec!["bench".into()],
+                idle_timeout: Duration::from_secs(10),
+                max_frame: wire::DEFAULT_MAX_FRAME,
+            };
+            let endpoint = o1_agent::uplink::endpoint(&settings)?;
+            let mut session = o1_agent::uplink::connect(&endpoint, &settings).await?;
+            let mut sequence = 0u64;
+            let mut sent = 0u64;
+            while sent < messages {
+                let n = (batch as u64).min(messages - sent);
+                let items = (0..n)
+                    .map(|_| {
+                        Item::Log(LogRecord {
+                            application: "bench".into(),
+                            timestamp_ms: 0,
+                            level: Level::Info,
+                            message: format!("bench {} {padding}", now_nanos()),
+                            deployment_id: None,
+                        })
+                    })
+                    .collect();
+                sequence += 1;
+                let mut frame = Vec::new();
+                wire::encode_frame(
+                    &AgentMessage::Batch(Batch {
+                        sequence,
+                        items,
+                        dropped_items: 0,
+                    }),
+                    &mut frame,
+                    wire::DEFAULT_MAX_FRAME,
+                )?;
+                session.send_frame(&frame).await?;
+                session.next_ack().await?;
+                sent += n;
+                // Pace to what subscribers absorb, so nothing is dropped.
+                while received.load(Ordering::Relaxed) + (subscribers as u64 * batch as u64 * 4)
+                    < sent * subscribers as u64
+                {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+        }
+        Publisher::Nchan(publish) => {
+            let client = reqwest::Client::new();
+            let mut sent = 0u64;
+            while sent < messages {
+                let n = (batch as u64).min(messages - sent);
+                let posts = (0..n).map(|_| {
+                    client
+                        .post(&publish)
+                        .body(format!("bench {} {padding}", now_nanos()))
+                        .send()
+                });
+                for result in futures_util::future::join_all(posts).await {
+                    result?.error_for_status()?;
+                }
+                sent += n;
+                while received.load(Ordering::Relaxed) + (subscribers as u64 * batch as u64 * 4)
+                    < sent * subscribers as u64
+                {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+        }
+    }
+    let expected = messages * subscribers as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pids) - cpu_before;
+    for task in tasks {
+        task.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let delivered = received.load(Ordering::Relaxed);
+    let histogram = histogram
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock"))?;
+    println!(
+        "fanout subscribers={subscribers} messages={messages} delivered={delivered}/{expected} elapsed={elapsed:.2}s rate={:.0}/s p50={:.2}ms p99={:.2}ms server_cpu={cpu:.2}s cpu_per_delivered={:.2}us",
+        delivered as f64 / elapsed,
+        histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        cpu / delivered.max(1) as f64 * 1e6
+    );
+    Ok(())
+}
+
+async fn ingest(
+    uplink: &str,
+    ca: &std::path::Path,
+    token: &str,
+    agents: usize,
+    lines: u64,
+    batch: usize,
+    pids: &[u32],
+) -> Result<()> {
+    let cpu_before = cpu_seconds(pids);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for a in 0..agents {
+        let settings = o1_agent::uplink::UplinkSettings {
+            address: uplink.to_owned(),
+            server_name: Some("localhost".into()),
+            ca: Some(ca.to_owned()),
+            insecure_skip_verify: false,
+            token: token.to_owned(),
+            host: format!("ingest-{a}"),
+            agent_id: format!("ingest-{a}-{}", now_nanos()),
+            applications: vec!["app".into()],
+            idle_timeout: Duration::from_secs(10),
+            max_frame: wire::DEFAULT_MAX_FRAME,
+        };
+        tasks.push(tokio::spawn(async move {
+            let endpoint = o1_agent::uplink::endpoint(&settings)?;
+            let mut session = o1_agent::uplink::connect(&endpoint, &settings).await?;
+            let line = "x".repeat(100);
+            // Pre-encode one frame body per batch size; only the sequence differs.
+            let mut sequence = 0u64;
+            let mut sent = 0u64;
+            let mut in_flight = 0u32;
+            while sent < lines {
+                let n = (batch as u64).min(lines - sent);
+                let items: Vec<Item> = (0..n)
+                    .map(|_| {
+                        Item::Log(LogRecord {
+                            application: "app".into(),
+                            timestamp_ms: 0,
+                            level: Level::Info,
+                            message: line.clone(),
+                            deployment_id: None,
+                        })
+                    })
+                    .collect();
+                sequence += 1;
+                let mut frame = Vec::new();
+                wire::encode_frame(
+                    &AgentMessage::Batch(Batch {
+                        sequence,
+                        items,
+                        dropped_items: 0,
+                    }),
+                    &mut frame,
+                    wire::DEFAULT_MAX_FRAME,
+                )?;
+                session.send_frame(&frame).await?;
+                sent += n;
+                in_flight += 1;
+                while in_flight >= 8 {
+                    let acked = session.next_ack().await?;
+                    in_flight = (sequence - acked) as u32;
+                }
+            }
+            while in_flight > 0 {
+                let acked = session.next_ack().await?;
+                in_flight = (sequence - acked) as u32;
+            }
+            anyhow::Ok(sent)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pids) - cpu_before;
+    println!(
+        "ingest agents={agents} lines={total} elapsed={elapsed:.2}s rate={:.0}/s server_cpu={cpu:.2}s cpu_per_million={:.2}s",
+        total as f64 / elapsed,
+        cpu / (total as f64 / 1e6)
+    );
+    Ok(())
+}

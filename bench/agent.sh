@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Agent benchmarks (BENCHMARKS.md), each against its baseline in the same run:
+#  1. metrics cost: o1-agent (3 applications, 1 s interval) vs collectd
+#     (Interval 1; cpu, memory, df, interface), CPU time and RSS over 60 s;
+#  2. file → relay throughput of 100-byte lines vs rsyslog imfile → TCP;
+#  3. agent CPU and RSS while idle-tailing 100 files.
+# Usage: bench/agent.sh [seconds] [lines]   (needs: collectd-core rsyslog)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_TO_MEASURE=${1:-60}
+LINES=${2:-2000000}
+cargo build --release --bins -q
+BIN=$PWD/target/release
+DIR=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+cpu_seconds() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
+rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+
+$BIN/o1-relay certs --out "$DIR/tls" --name localhost > "$DIR/certs.out"
+TOKEN=$(grep '^token = ' "$DIR/certs.out" | cut -d'"' -f2)
+HASH=$(grep 'token_sha256' "$DIR/certs.out" | cut -d'"' -f2)
+cat > "$DIR/relay.toml" <<TOML
+[http]
+listen = "127.0.0.1:3910"
+[uplink]
+listen = "127.0.0.1:4910"
+cert = "$DIR/tls/relay.crt"
+key = "$DIR/tls/relay.key"
+[auth]
+token_sha256 = ["$HASH"]
+[history]
+lines_per_source = 100
+TOML
+RUST_LOG=warn $BIN/o1-relay --config "$DIR/relay.toml" > "$DIR/relay.out" 2> "$DIR/relay.err" &
+PIDS+=($!)
+sleep 0.5
+
+agent_config() { # $1 state dir, $2 extra
+  cat <<TOML
+host = "bench"
+state_dir = "$1"
+[relay]
+address = "127.0.0.1:4910"
+server_name = "localhost"
+ca = "$DIR/tls/ca.crt"
+token = "$TOKEN"
+$2
+TOML
+}
+
+echo "# machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(uname -r), $(date -u +%F)"
+
+echo "## 1. metrics cost over ${SECONDS_TO_MEASURE}s"
+for i in 1 2 3; do sh -c 'sleep 100000; :' "o1-bench-app-$i" & PIDS+=($!); done
+agent_config "$DIR/state-metrics" "
+[logs]
+start_at = \"end\"
+[[application]]
+name = \"app1\"
+cmdline = \"o1-bench-app-1\"
+data_dir = \"/tmp\"
+[[application]]
+name = \"app2\"
+cmdline = \"o1-bench-app-2\"
+[[application]]
+name = \"app3\"
+cmdline = \"o1-bench-app-3\"
+" > "$DIR/agent-metrics.toml"
+RUST_LOG=warn $BIN/o1-agent --config "$DIR/agent-metrics.toml" 2> "$DIR/agent-metrics.err" &
+AGENT=$!; PIDS+=($AGENT)
+cat > "$DIR/collectd.conf" <<CONF
+Interval 1
+FQDNLookup false
+BaseDir "$DIR/collectd"
+PIDFile "$DIR/collectd.pid"
+LoadPlugin cpu
+LoadPlugin memory
+LoadPlugin df
+LoadPlugin interface
+<Plugin df>
+  MountPoint "/"
+</Plugin>
+CONF
+mkdir -p "$DIR/collectd"
+collectd -f -C "$DIR/collectd.conf" > "$DIR/collectd.log" 2>&1 &
+COLLECTD=$!; PIDS+=($COLLECTD)
+sleep 3
+a0=$(cpu_seconds $AGENT); c0=$(cpu_seconds $COLLECTD)
+sleep "$SECONDS_TO_MEASURE"
+a1=$(cpu_seconds $AGENT); c1=$(cpu_seconds $COLLECTD)
+awk -v a0="$a0" -v a1="$a1" -v c0="$c0" -v c1="$c1" -v s="$SECONDS_TO_MEASURE" -v ar="$(rss_kib $AGENT)" -v cr="$(rss_kib $COLLECTD)" \
+  'BEGIN { printf "o1-agent cpu=%.3f%% of one core rss=%.1fMiB | collectd cpu=%.3f%% rss=%.1fMiB | ratio=%.2f\n", (a1-a0)/s*100, ar/1024, (c1-c0)/s*100, cr/1024, ((a1-a0)/((c1-c0)>0?(c1-c0):0.01)) }'
+kill $AGENT $COLLECTD; wait $AGENT $COLLECTD 2>/dev/null || true
+
+echo "## 2. file -> relay, $LINES lines of 100 bytes"
+python3 - "$DIR/big.log" "$LINES" <<'PY'
+import sys
+path, n = sys.argv[1], int(sys.argv[2])
+line = "x" * 85
+with open(path, "w") as f:
+    for i in range(n):
+        f.write(f"{i:013d} {line}\n")
+PY
+SIZE=$(stat -c %s "$DIR/big.log")
+processed() { curl -s http://127.0.0.1:3910/api/websocket/stats | python3 -c 'import sys,json; print(json.load(sys.stdin)["batcherStats"]["messagesProcessed"])'; }
+for run in 1 2 3; do
+  base=$(processed)
+  agent_config "$DIR/state-tail-$run" "
+[metrics]
+enabled = false
+[logs]
+start_at = \"beginning\"
+[[application]]
+name = \"big\"
+logs = [\"$DIR/big.log\"]
+" > "$DIR/agent-tail.toml"
+  start=$(date +%s.%N)
+  RUST_LOG=warn $BIN/o1-agent --config "$DIR/agent-tail.toml" 2> "$DIR/agent-tail.err" &
+  AGENT=$!
+  while [ "$(( $(processed) - base ))" -lt "$LINES" ]; do sleep 0.05; done
+  end=$(date +%s.%N)
+  acpu=$(cpu_seconds $AGENT)
+  kill $AGENT; wait $AGENT 2>/dev/null || true
+  awk -v s="$start" -v e="$end" -v n="$LINES" -v b="$SIZE" -v c="$acpu" 'BEGIN { t=e-s; printf "o1 run=%d lines/s=%.0f MiB/s=%.1f seconds=%.2f agent_cpu=%.2fs\n", '"$run"', n/t, b/t/1048576, t, c }'
+done
+# rsyslog baseline: imfile -> omfwd TCP -> a counting sink.
+for run in 1 2 3; do
+  python3 - "$DIR/sink.port" "$LINES" > "$DIR/sink.out" <<'PY' &
+import socket, sys, time
+port_file, n = sys.argv[1], int(sys.argv[2])
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+open(port_file, "w").write(str(s.getsockname()[1]))
+c, _ = s.accept(); count = 0; start = None
+while count < n:
+    data = c.recv(1 << 20)
+    if not data: break
+    if start is None: start = time.time()
+    count += data.count(b"\n")
+print(count, time.time())
+PY
+  SINK=$!
+  while [ ! -s "$DIR/sink.port" ]; do sleep 0.05; done
+  mkdir -p "$DIR/rsyslog-$run"
+  cat > "$DIR/rsyslog.conf" <<CONF
+global(workDirectory="$DIR/rsyslog-$run")
+module(load="imfile")
+input(type="imfile" File="$DIR/big.log" Tag="big" ReadMode="0")
+action(type="omfwd" Target="127.0.0.1" Port="$(cat "$DIR/sink.port")" Protocol="tcp" queue.type="LinkedList" queue.size="200000")
+CONF
+  start=$(date +%s.%N)
+  rsyslogd -n -f "$DIR/rsyslog.conf" -i "$DIR/rsyslog.pid" 2> "$DIR/rsyslog.err" &
+  RS=$!
+  wait $SINK || true
+  end=$(date +%s.%N)
+  got=$(awk '{print $1}' "$DIR/sink.out")
+  rcpu=$(cpu_seconds $RS 2>/dev/null || echo 0)
+  kill $RS; wait $RS 2>/dev/null || true
+  rm -f "$DIR/sink.port"
+  awk -v s="$start" -v e="$end" -v n="$got" -v b="$SIZE" -v total="$LINES" -v c="$rcpu" 'BEGIN { t=e-s; printf "rsyslog run=%d lines/s=%.0f MiB/s=%.1f seconds=%.2f delivered=%d/%d rsyslog_cpu=%.2fs\n", '"$run"', n/t, b/t/1048576, t, n, total, c }'
+done
+
+echo "## 3. idle-tailing 100 files for ${SECONDS_TO_MEASURE}s"
+mkdir -p "$DIR/many"
+for i in $(seq -w 1 100); do echo "start" > "$DIR/many/f$i.log"; done
+agent_config "$DIR/state-idle" "
+[metrics]
+enabled = false
+[[application]]
+name = \"many\"
+logs = [\"$DIR/many/*.log\"]
+" > "$DIR/agent-idle.toml"
+RUST_LOG=warn $BIN/o1-agent --config "$DIR/agent-idle.toml" 2> "$DIR/agent-idle.err" &
+AGENT=$!; PIDS+=($AGENT)
+sleep 3
+a0=$(cpu_seconds $AGENT)
+sleep "$SECONDS_TO_MEASURE"
+a1=$(cpu_seconds $AGENT)
+awk -v a0="$a0" -v a1="$a1" -v s="$SECONDS_TO_MEASURE" -v r="$(rss_kib $AGENT)" 'BEGIN { printf "o1-agent idle 100 files cpu=%.3f%% of one core rss=%.1fMiB\n", (a1-a0)/s*100, r/1024 }'
