@@ -265,8 +265,15 @@ impl Tailer {
                     }
                 };
                 for path in paths.flatten() {
-                    let Ok(metadata) = std::fs::metadata(&path) else {
-                        continue;
+                    let metadata = match std::fs::metadata(&path) {
+                        Ok(metadata) => metadata,
+                        Err(error) => {
+                            // A dangling link or a file we may not stat.
+                            if self.unreadable.insert(path.clone()) {
+                                tracing::error!(path = %path.display(), %error, "cannot read log file; will retry");
+                            }
+                            continue;
+                        }
                     };
                     if !metadata.is_file() {
                         continue;

@@ -206,6 +206,38 @@ async fn delete_and_recreate_loses_and_repeats_nothing() {
     rotation_case(Rotation::DeleteRecreate).await;
 }
 
+#[tokio::test]
+async fn a_deleted_file_is_not_held_open_forever() {
+    let s = setup();
+    let log = s.log_dir.join("app.log");
+    std::fs::write(&log, numbered(0)).unwrap();
+    let agent = Agent::start(
+        &s.dir.path().join("agent"),
+        &s.pki,
+        &s.relay,
+        "tail-host",
+        &agent_config(&log, ""),
+    )
+    .unwrap();
+    wait_for_host(&s.relay, "tail-host").await.unwrap();
+    let mut client = subscribe(&s.relay).await;
+    collect_until(&mut client, 0).await;
+    std::fs::remove_file(&log).unwrap();
+    let fds = format!("/proc/{}/fd", agent.pid());
+    let holds_deleted = || {
+        std::fs::read_dir(&fds)
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|target| target.to_string_lossy().contains("app.log (deleted)"))
+    };
+    assert!(holds_deleted(), "still read right after deletion");
+    o1_tests::eventually(Duration::from_secs(15), || async {
+        (!holds_deleted()).then_some(())
+    })
+    .await
+    .expect("released after it stayed quiet");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_kill_9_mid_stream_then_restart_loses_and_repeats_nothing() {
     let s = setup();
@@ -528,4 +560,70 @@ async fn partial_long_binary_and_unreadable_lines_are_not_fatal() {
         .unwrap();
     assert!(!next.is_empty());
     assert!(!agent.log().contains("panicked"));
+    let log = agent.log();
+    assert!(
+        log.contains("cannot read log file") && log.contains("secret.log"),
+        "the unreadable file is reported: {log}"
+    );
+}
+
+#[tokio::test]
+async fn polling_mode_follows_rename_rotation() {
+    let s = setup();
+    let log = s.log_dir.join("app.log");
+    std::fs::write(&log, "").unwrap();
+    let config = agent_config(&log, "").replace(
+        "[logs]\n",
+        "[logs]\nwatch = \"poll\"\npoll_interval_ms = 100\n",
+    );
+    let _agent = Agent::start(
+        &s.dir.path().join("agent"),
+        &s.pki,
+        &s.relay,
+        "tail-host",
+        &config,
+    )
+    .unwrap();
+    wait_for_host(&s.relay, "tail-host").await.unwrap();
+    let mut client = subscribe(&s.relay).await;
+    let total = 2000;
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || write_with_rotation(&log, total, Rotation::RenameCreate))
+    };
+    let seen = collect_until(&mut client, total - 1).await;
+    writer.join().unwrap();
+    assert_exactly(&seen, total);
+}
+
+#[tokio::test]
+async fn indented_lines_join_the_record_before_them() {
+    let s = setup();
+    let log = s.log_dir.join("app.log");
+    std::fs::write(&log, "").unwrap();
+    let config = agent_config(&log, "")
+        .replace("logs = [", "multiline = \"indented\"\nlogs = [")
+        .replace("[logs]\n", "[logs]\npartial_line_timeout_ms = 300\n");
+    let _agent = Agent::start(
+        &s.dir.path().join("agent"),
+        &s.pki,
+        &s.relay,
+        "tail-host",
+        &config,
+    )
+    .unwrap();
+    wait_for_host(&s.relay, "tail-host").await.unwrap();
+    let mut client = subscribe(&s.relay).await;
+    let mut file = OpenOptions::new().append(true).open(&log).unwrap();
+    file.write_all(b"line 00000000 ERROR boom\n    at a()\n\tat b()\nline 00000001 next\n")
+        .unwrap();
+    let first = client.recv_json(T).await.unwrap();
+    assert_eq!(
+        first["message"],
+        "line 00000000 ERROR boom\n    at a()\n\tat b()"
+    );
+    assert_eq!(first["level"], "ERROR");
+    // The last record is sent once nothing continues it for a moment.
+    let second = client.recv_json(T).await.unwrap();
+    assert_eq!(second["message"], "line 00000001 next");
 }
