@@ -59,8 +59,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let relay = [
         RelayMessage::Ack(Ack { sequence: 9 }),
-        RelayMessage::Welcome(Welcome { relay_version: "0.1.0".into() }),
-        RelayMessage::Refused(Refused { reason: "invalid token".into() }),
+        RelayMessage::Welcome(Welcome {
+            relay_version: "0.1.0".into(),
+        }),
+        RelayMessage::Refused(Refused {
+            reason: "invalid token".into(),
+        }),
     ];
     for (i, message) in relay.iter().enumerate() {
         let mut frame = Vec::new();

@@ -6,6 +6,9 @@
 //! (prefix, then sections separated by `__`). The value is read as TOML
 //! (`5000`, `true`, `["a","b"]`), and as a plain string when it is not.
 
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -14,6 +17,64 @@ pub enum OverrideError {
     Malformed(String),
     #[error("override of `{key}`: `{parent}` is not a table")]
     NotATable { key: String, parent: String },
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{source_name}: {message}")]
+    Parse {
+        source_name: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Override(#[from] OverrideError),
+}
+
+/// Loads `T` from the TOML file at `path` (a missing file is fine unless
+/// `required`), then the environment variables with `env_prefix`, then
+/// `overrides`. Errors name the file and the key.
+pub fn load<T: DeserializeOwned>(
+    path: Option<&Path>,
+    required: bool,
+    env_prefix: &str,
+    overrides: &[String],
+) -> Result<T, LoadError> {
+    let mut table = Table::new();
+    let mut source_name = "defaults".to_owned();
+    if let Some(path) = path {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                table = text.parse::<Table>().map_err(|e| LoadError::Parse {
+                    source_name: path.display().to_string(),
+                    message: e.to_string().trim().to_owned(),
+                })?;
+                source_name = path.display().to_string();
+            }
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(LoadError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    let env = env_overrides(env_prefix, std::env::vars());
+    for assignment in env.iter().chain(overrides) {
+        apply_override(&mut table, assignment)?;
+    }
+    table
+        .try_into()
+        .map_err(|e: toml::de::Error| LoadError::Parse {
+            source_name,
+            message: e.to_string().trim().to_owned(),
+        })
 }
 
 /// Applies one `path=value` override to `table`.

@@ -194,15 +194,8 @@ impl Default for ShutdownConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
     #[error(transparent)]
-    Override(#[from] o1_common::config::OverrideError),
+    Load(#[from] o1_common::config::LoadError),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -215,39 +208,7 @@ impl RelayConfig {
         required: bool,
         overrides: &[String],
     ) -> Result<Self, ConfigError> {
-        let mut table = toml::Table::new();
-        let mut source = "defaults".to_owned();
-        if let Some(path) = path {
-            match std::fs::read_to_string(path) {
-                Ok(text) => {
-                    table = text
-                        .parse::<toml::Table>()
-                        .map_err(|e| ConfigError::Parse {
-                            path: path.display().to_string(),
-                            message: e.to_string(),
-                        })?;
-                    source = path.display().to_string();
-                }
-                Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(ConfigError::Read {
-                        path: path.to_owned(),
-                        source,
-                    });
-                }
-            }
-        }
-        let env = o1_common::config::env_overrides("O1_RELAY__", std::env::vars());
-        for assignment in env.iter().chain(overrides) {
-            o1_common::config::apply_override(&mut table, assignment)?;
-        }
-        let config: RelayConfig =
-            table
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: source,
-                    message: e.to_string().trim().to_owned(),
-                })?;
+        let config: RelayConfig = o1_common::config::load(path, required, "O1_RELAY__", overrides)?;
         config.validate()?;
         Ok(config)
     }
