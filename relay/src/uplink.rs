@@ -41,6 +41,9 @@ pub mod close_code {
     pub const SHUTTING_DOWN: u32 = 3;
 }
 
+/// Agent ids whose high-water mark is kept before idle ones are pruned.
+const HIGH_WATER_AGENTS: usize = 100_000;
+
 /// How long an agent has to open its stream and say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -144,7 +147,7 @@ macro_rules! warn_limited {
 #[derive(Debug, Default)]
 pub struct UplinkState {
     /// Highest sequence routed per agent id.
-    high_water: Mutex<HashMap<String, u64>>,
+    high_water: Mutex<HashMap<String, (u64, Instant)>>,
     log: LogLimiter,
 }
 
@@ -367,9 +370,19 @@ async fn ingest(
             let ingested_at = Instant::now();
             let is_new = {
                 let mut marks = uplink.high_water.lock().unwrap_or_else(|p| p.into_inner());
-                let mark = marks.entry(hello.agent_id.clone()).or_insert(0);
-                if batch.sequence > *mark {
-                    *mark = batch.sequence;
+                // Bounded: beyond HIGH_WATER_AGENTS ids (each `o1-agent
+                // deploy` run has its own), ids idle for an hour are forgotten.
+                if marks.len() >= HIGH_WATER_AGENTS && !marks.contains_key(&hello.agent_id) {
+                    marks.retain(|_, (_, seen)| {
+                        ingested_at.duration_since(*seen) < Duration::from_secs(3600)
+                    });
+                }
+                let mark = marks
+                    .entry(hello.agent_id.clone())
+                    .or_insert((0, ingested_at));
+                mark.1 = ingested_at;
+                if batch.sequence > mark.0 {
+                    mark.0 = batch.sequence;
                     true
                 } else {
                     false
