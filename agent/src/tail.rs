@@ -389,6 +389,29 @@ impl Tailer {
         true
     }
 
+    /// Hands lines to the batcher. `None` when the batcher is gone.
+    fn send_lines(&self, items: Vec<Item>, key: FileKey, offset: u64) -> Option<()> {
+        if items.is_empty() {
+            return Some(());
+        }
+        self.events.send(Event::Lines { items, key, offset }).ok()
+    }
+
+    /// Identifies `tracked` by its current first bytes and tells the
+    /// batcher the new key. `None` when the batcher is gone.
+    fn reidentify(&self, tracked: &mut Tracked) -> Option<()> {
+        let mut prefix = vec![0u8; FINGERPRINT_BYTES];
+        let got = read_prefix(&tracked.file, &mut prefix);
+        tracked.key.fingerprint = crc32fast::hash(&prefix[..got]);
+        tracked.key.fingerprint_len = got as u32;
+        self.events
+            .send(Event::FilePath {
+                key: tracked.key,
+                path: tracked.path.display().to_string(),
+            })
+            .ok()
+    }
+
     /// Reads new data from every tracked file. `Some(true)` when a file had
     /// more than its budget; `None` when the batcher is gone.
     fn read_all(&mut self) -> Option<bool> {
@@ -399,23 +422,34 @@ impl Tailer {
             .map(|(id, t)| (t.discovered, id.0, id.1))
             .collect();
         ids.sort_unstable();
-        let ids = ids.into_iter().map(|(_, device, inode)| (device, inode));
-        for id in ids {
+        // Lengths are taken newest file first, then read oldest first, each
+        // up to its length: an older file's length is taken after a newer
+        // one's, so it covers every line written before anything the newer
+        // one's covers. A rotated file's last lines thus always go out
+        // before the new file's first, however the writes interleave.
+        let lengths: Vec<Option<u64>> = ids
+            .iter()
+            .rev()
+            .map(|(_, device, inode)| {
+                let tracked = self.files.get(&(*device, *inode))?;
+                tracked.file.metadata().ok().map(|m| m.len())
+            })
+            .collect();
+        for ((_, device, inode), len) in ids.into_iter().zip(lengths.into_iter().rev()) {
+            let id = (device, inode);
+            let Some(len) = len else { continue };
             let Some(mut tracked) = self.files.remove(&id) else {
                 continue;
             };
-            let result = self.read_file(&mut tracked);
+            let result = self.read_file(&mut tracked, len);
             self.files.insert(id, tracked);
             more |= result?;
         }
         Some(more)
     }
 
-    fn read_file(&mut self, tracked: &mut Tracked) -> Option<bool> {
-        let Ok(metadata) = tracked.file.metadata() else {
-            return Some(false);
-        };
-        let len = metadata.len();
+    /// Reads `tracked` up to `len` (its length when the pass began).
+    fn read_file(&mut self, tracked: &mut Tracked, len: u64) -> Option<bool> {
         if len < tracked.read_pos || (len != tracked.read_pos && self.rewritten(tracked)) {
             tracing::info!(path = %tracked.path.display(), "log file truncated (copytruncate?); reading from the start");
             self.recover_from_copy(tracked)?;
@@ -427,37 +461,15 @@ impl Tailer {
             tracked.cutting = false;
             // New content, new identity: the checkpoint must not match the
             // old fingerprint against it after a restart.
-            let mut prefix = vec![0u8; FINGERPRINT_BYTES];
-            let got = read_prefix(&tracked.file, &mut prefix);
-            tracked.key.fingerprint = crc32fast::hash(&prefix[..got]);
-            tracked.key.fingerprint_len = got as u32;
-            self.events
-                .send(Event::FilePath {
-                    key: tracked.key,
-                    path: tracked.path.display().to_string(),
-                })
-                .ok()?;
+            self.reidentify(tracked)?;
         }
         if (tracked.key.fingerprint_len as usize) < FINGERPRINT_BYTES
             && len > u64::from(tracked.key.fingerprint_len)
         {
             // The file was short when first seen: identify it by more bytes
             // now, so inode reuse and copytruncate copies are recognised.
-            let mut prefix = vec![0u8; FINGERPRINT_BYTES];
-            let got = read_prefix(&tracked.file, &mut prefix);
-            if got > tracked.key.fingerprint_len as usize
-                && crc32fast::hash(&prefix[..tracked.key.fingerprint_len as usize])
-                    == tracked.key.fingerprint
-            {
-                tracked.key.fingerprint = crc32fast::hash(&prefix[..got]);
-                tracked.key.fingerprint_len = got as u32;
-                self.events
-                    .send(Event::FilePath {
-                        key: tracked.key,
-                        path: tracked.path.display().to_string(),
-                    })
-                    .ok()?;
-            }
+            // (`rewritten` above already ruled out a changed prefix.)
+            self.reidentify(tracked)?;
         }
         let mut budget = READ_BUDGET;
         let app = self.apps[tracked.app].clone();
@@ -481,15 +493,7 @@ impl Tailer {
             let chunk = std::mem::take(&mut self.buffer);
             let (items, offset) = self.split_lines(tracked, &app, &chunk[..n]);
             self.buffer = chunk;
-            if !items.is_empty() {
-                self.events
-                    .send(Event::Lines {
-                        items,
-                        key: tracked.key,
-                        offset,
-                    })
-                    .ok()?;
-            }
+            self.send_lines(items, tracked.key, offset)?;
         }
         Some(tracked.read_pos < len)
     }
@@ -541,15 +545,7 @@ impl Tailer {
                 let chunk = std::mem::take(&mut self.buffer);
                 let (items, offset) = self.split_lines(tracked, &app, &chunk[..n]);
                 self.buffer = chunk;
-                if !items.is_empty() {
-                    self.events
-                        .send(Event::Lines {
-                            items,
-                            key: tracked.key,
-                            offset,
-                        })
-                        .ok()?;
-                }
+                self.send_lines(items, tracked.key, offset)?;
             }
             // A last line without newline in the copy is complete now.
             if !tracked.partial.is_empty() {
@@ -559,15 +555,7 @@ impl Tailer {
                 let mut items = Vec::new();
                 let end = tracked.read_pos;
                 let committed = self.hold_or_emit(tracked, &app, Some(record), end, &mut items);
-                if !items.is_empty() {
-                    self.events
-                        .send(Event::Lines {
-                            items,
-                            key: tracked.key,
-                            offset: committed,
-                        })
-                        .ok()?;
-                }
+                self.send_lines(items, tracked.key, committed)?;
             }
             break;
         }
