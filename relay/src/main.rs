@@ -144,15 +144,9 @@ fn serve(config_path: &std::path::Path, overrides: &[String], with_uplink: bool)
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("o1-relay: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let listeners = match bind(&config, with_uplink).await {
@@ -187,15 +181,9 @@ fn serve(config_path: &std::path::Path, overrides: &[String], with_uplink: bool)
 }
 
 fn demo(options: o1_relay::demo::DemoOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("o1-relay: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -208,6 +196,16 @@ fn demo(options: o1_relay::demo::DemoOptions) -> ExitCode {
             }
         }
     })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("o1-relay: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
