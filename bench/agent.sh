@@ -16,7 +16,10 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
 trap cleanup EXIT
 
-cpu_seconds() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
+# CPU time of a process in seconds, from the nanosecond counters of all its
+# threads (/proc/PID/task/*/schedstat): /proc/PID/stat counts 10 ms ticks,
+# too coarse for a daemon that uses well under 1 % of a core.
+cpu_seconds() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$1} END {printf "%.6f\n", s/1e9}'; }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 
 $BIN/o1-relay certs --out "$DIR/tls" --name localhost > "$DIR/certs.out"
@@ -92,7 +95,7 @@ a0=$(cpu_seconds $AGENT); c0=$(cpu_seconds $COLLECTD)
 sleep "$SECONDS_TO_MEASURE"
 a1=$(cpu_seconds $AGENT); c1=$(cpu_seconds $COLLECTD)
 awk -v a0="$a0" -v a1="$a1" -v c0="$c0" -v c1="$c1" -v s="$SECONDS_TO_MEASURE" -v ar="$(rss_kib $AGENT)" -v cr="$(rss_kib $COLLECTD)" \
-  'BEGIN { printf "o1-agent cpu=%.3f%% of one core rss=%.1fMiB | collectd cpu=%.3f%% rss=%.1fMiB | ratio=%.2f\n", (a1-a0)/s*100, ar/1024, (c1-c0)/s*100, cr/1024, ((a1-a0)/((c1-c0)>0?(c1-c0):0.01)) }'
+  'BEGIN { printf "o1-agent cpu=%.4f%% of one core rss=%.1fMiB | collectd cpu=%.4f%% rss=%.1fMiB | ratio=%.2f\n", (a1-a0)/s*100, ar/1024, (c1-c0)/s*100, cr/1024, ((a1-a0)/((c1-c0)>0?(c1-c0):0.000001)) }'
 kill $AGENT $COLLECTD; wait $AGENT $COLLECTD 2>/dev/null || true
 
 echo "## 2. file -> relay, $LINES lines of 100 bytes"
@@ -178,4 +181,4 @@ sleep 3
 a0=$(cpu_seconds $AGENT)
 sleep "$SECONDS_TO_MEASURE"
 a1=$(cpu_seconds $AGENT)
-awk -v a0="$a0" -v a1="$a1" -v s="$SECONDS_TO_MEASURE" -v r="$(rss_kib $AGENT)" 'BEGIN { printf "o1-agent idle 100 files cpu=%.3f%% of one core rss=%.1fMiB\n", (a1-a0)/s*100, r/1024 }'
+awk -v a0="$a0" -v a1="$a1" -v s="$SECONDS_TO_MEASURE" -v r="$(rss_kib $AGENT)" 'BEGIN { printf "o1-agent idle 100 files cpu=%.4f%% of one core rss=%.1fMiB\n", (a1-a0)/s*100, r/1024 }'
