@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TO_MEASURE=${1:-60}
 LINES=${2:-2000000}
+# Which sections to run (default all): e.g. SECTIONS="1" bench/agent.sh 60
+SECTIONS=${SECTIONS:-"1 2 3"}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 cargo build --release --bins -q
 BIN=$PWD/target/release
 DIR=$(mktemp -d)
@@ -56,6 +59,7 @@ TOML
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(uname -r), $(date -u +%F)"
 
+if want 1; then
 echo "## 1. metrics cost over ${SECONDS_TO_MEASURE}s"
 for i in 1 2 3; do sh -c 'sleep 100000; :' "o1-bench-app-$i" & PIDS+=($!); done
 agent_config "$DIR/state-metrics" "
@@ -97,7 +101,9 @@ a1=$(cpu_seconds $AGENT); c1=$(cpu_seconds $COLLECTD)
 awk -v a0="$a0" -v a1="$a1" -v c0="$c0" -v c1="$c1" -v s="$SECONDS_TO_MEASURE" -v ar="$(rss_kib $AGENT)" -v cr="$(rss_kib $COLLECTD)" \
   'BEGIN { printf "o1-agent cpu=%.4f%% of one core rss=%.1fMiB | collectd cpu=%.4f%% rss=%.1fMiB | ratio=%.2f\n", (a1-a0)/s*100, ar/1024, (c1-c0)/s*100, cr/1024, ((a1-a0)/((c1-c0)>0?(c1-c0):0.000001)) }'
 kill $AGENT $COLLECTD; wait $AGENT $COLLECTD 2>/dev/null || true
+fi
 
+if want 2; then
 echo "## 2. file -> relay, $LINES lines of 100 bytes"
 python3 - "$DIR/big.log" "$LINES" <<'PY'
 import sys
@@ -165,6 +171,9 @@ CONF
   awk -v s="$start" -v e="$end" -v n="$got" -v b="$SIZE" -v total="$LINES" -v c="$rcpu" 'BEGIN { t=e-s; printf "rsyslog run=%d lines/s=%.0f MiB/s=%.1f seconds=%.2f delivered=%d/%d rsyslog_cpu=%.2fs\n", '"$run"', n/t, b/t/1048576, t, n, total, c }'
 done
 
+fi
+
+if want 3; then
 echo "## 3. idle-tailing 100 files for ${SECONDS_TO_MEASURE}s"
 mkdir -p "$DIR/many"
 for i in $(seq -w 1 100); do echo "start" > "$DIR/many/f$i.log"; done
@@ -182,3 +191,4 @@ a0=$(cpu_seconds $AGENT)
 sleep "$SECONDS_TO_MEASURE"
 a1=$(cpu_seconds $AGENT)
 awk -v a0="$a0" -v a1="$a1" -v s="$SECONDS_TO_MEASURE" -v r="$(rss_kib $AGENT)" 'BEGIN { printf "o1-agent idle 100 files cpu=%.4f%% of one core rss=%.1fMiB\n", (a1-a0)/s*100, r/1024 }'
+fi

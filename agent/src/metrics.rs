@@ -23,7 +23,7 @@ use o1_common::Timestamp;
 use o1_common::wire::MetricSample;
 use sysinfo::{
     CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Pid, ProcessRefreshKind,
-    ProcessesToUpdate, System, UpdateKind,
+    ProcessesToUpdate, System,
 };
 
 use crate::config::ApplicationConfig;
@@ -58,6 +58,8 @@ pub struct Sampler {
     last_discovery: Option<Instant>,
     discovery_interval: std::time::Duration,
     pid_buffer: Vec<Pid>,
+    /// PIDs seen in `/proc`, and the applications each one matched.
+    examined: std::collections::HashMap<u32, Vec<usize>>,
 }
 
 fn disk_for(disks: &Disks, path: &Path) -> Option<usize> {
@@ -166,11 +168,17 @@ impl Sampler {
             last_discovery: None,
             discovery_interval,
             pid_buffer: Vec::new(),
+            examined: std::collections::HashMap::new(),
         };
         sampler.refresh_processes();
         Ok(sampler)
     }
 
+    /// Finds the processes of name and command-line matchers. Each PID is
+    /// examined once, when it first appears in `/proc` (its `comm`, and its
+    /// `cmdline` if a matcher needs it); later scans only list `/proc`. A
+    /// full sysinfo refresh re-reads several files of every process on each
+    /// scan, which dominated the agent's cost.
     fn discover(&mut self) {
         let needs_scan = self
             .apps
@@ -183,45 +191,60 @@ impl Sampler {
             .apps
             .iter()
             .any(|a| matches!(a.matcher, Matcher::Cmdline(_)));
-        let kind = if wants_cmd {
-            ProcessRefreshKind::nothing().with_cmd(UpdateKind::OnlyIfNotSet)
-        } else {
-            ProcessRefreshKind::nothing()
+        let own = std::process::id();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
         };
-        self.system
-            .refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
-        let own = sysinfo::get_current_pid().ok();
-        for app in &mut self.apps {
-            app.pids.clear();
-            match &app.matcher {
-                Matcher::ProcessName(name) => app.pids.extend(
-                    self.system
-                        .processes()
+        let mut alive: Vec<u32> = Vec::new();
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            alive.push(pid);
+            if pid == own || self.examined.contains_key(&pid) {
+                continue;
+            }
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let name = name.trim_end_matches('\n');
+            let cmdline = if wants_cmd {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|raw| {
+                        let text = String::from_utf8_lossy(&raw).replace('\0', " ");
+                        text.trim_end().to_owned()
+                    })
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let matching: Vec<usize> = self
+                .apps
+                .iter()
+                .enumerate()
+                .filter(|(_, app)| match &app.matcher {
+                    Matcher::ProcessName(wanted) => name == wanted,
+                    Matcher::Cmdline(pattern) => cmdline.contains(pattern.as_str()),
+                    _ => false,
+                })
+                .map(|(index, _)| index)
+                .collect();
+            self.examined.insert(pid, matching);
+        }
+        alive.sort_unstable();
+        self.examined
+            .retain(|pid, _| alive.binary_search(pid).is_ok());
+        for (index, app) in self.apps.iter_mut().enumerate() {
+            if matches!(app.matcher, Matcher::ProcessName(_) | Matcher::Cmdline(_)) {
+                app.pids.clear();
+                app.pids.extend(
+                    self.examined
                         .iter()
-                        .filter(|(pid, p)| {
-                            p.name() == name.as_str()
-                                && Some(**pid) != own
-                                && p.thread_kind().is_none()
-                        })
-                        .map(|(pid, _)| *pid),
-                ),
-                Matcher::Cmdline(pattern) => app.pids.extend(
-                    self.system
-                        .processes()
-                        .iter()
-                        .filter(|(pid, p)| {
-                            Some(**pid) != own
-                                && p.thread_kind().is_none()
-                                && p.cmd()
-                                    .iter()
-                                    .map(|a| a.to_string_lossy())
-                                    .collect::<Vec<_>>()
-                                    .join(" ")
-                                    .contains(pattern.as_str())
-                        })
-                        .map(|(pid, _)| *pid),
-                ),
-                _ => {}
+                        .filter(|(_, apps)| apps.contains(&index))
+                        .map(|(pid, _)| Pid::from_u32(*pid)),
+                );
             }
         }
         self.last_discovery = Some(Instant::now());
@@ -251,7 +274,10 @@ impl Sampler {
             self.system.refresh_processes_specifics(
                 ProcessesToUpdate::Some(&self.pid_buffer),
                 true,
-                ProcessRefreshKind::nothing().with_cpu().with_memory(),
+                ProcessRefreshKind::nothing()
+                    .without_tasks()
+                    .with_cpu()
+                    .with_memory(),
             );
         }
     }
