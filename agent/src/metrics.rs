@@ -5,9 +5,10 @@
 //!   matter, network counters): never `refresh_all`;
 //! - an application's processes come from its systemd unit's cgroup
 //!   (`cgroup.procs`, exact and cheap) or, for name and command-line
-//!   matchers, from a full process scan every `discovery_interval_secs`
-//!   (or when a known process vanished); in between only the known PIDs are
-//!   refreshed;
+//!   matchers, from a listing of `/proc` every `discovery_interval_secs`
+//!   (or when a known process vanished) in which each PID is examined once;
+//!   each known PID costs one read of `/proc/PID/stat` per sample (sysinfo
+//!   serves the host-wide figures and disks);
 //! - the first sample is taken at least [`sysinfo::MINIMUM_CPU_UPDATE_INTERVAL`]
 //!   after the first reading, so CPU figures are never a bogus 0 or 100.
 //!
@@ -21,10 +22,7 @@ use std::time::Instant;
 
 use o1_common::Timestamp;
 use o1_common::wire::MetricSample;
-use sysinfo::{
-    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Pid, ProcessRefreshKind,
-    ProcessesToUpdate, System,
-};
+use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Pid, System};
 
 use crate::config::ApplicationConfig;
 
@@ -57,9 +55,15 @@ pub struct Sampler {
     last_network: Instant,
     last_discovery: Option<Instant>,
     discovery_interval: std::time::Duration,
-    pid_buffer: Vec<Pid>,
     /// PIDs seen in `/proc`, and the applications each one matched.
     examined: std::collections::HashMap<u32, Vec<usize>>,
+    /// CPU ticks of each measured PID at its previous sample.
+    last_ticks: std::collections::HashMap<u32, (u64, Instant)>,
+    /// A measured PID was gone: find the processes again.
+    vanished: bool,
+    stat_buffer: String,
+    page_size: u64,
+    ticks_per_second: f64,
 }
 
 fn disk_for(disks: &Disks, path: &Path) -> Option<usize> {
@@ -100,6 +104,42 @@ fn parse_net_dev(text: &str) -> (u64, u64) {
             Some((received, sent))
         })
         .fold((0, 0), |(rx, tx), (r, t)| (rx + r, tx + t))
+}
+
+/// (utime + stime in clock ticks, resident pages) from `/proc/PID/stat`.
+fn read_proc_stat(pid: u32, buffer: &mut String) -> Option<(u64, u64)> {
+    use std::io::Read;
+    buffer.clear();
+    std::fs::File::open(format!("/proc/{pid}/stat"))
+        .ok()?
+        .read_to_string(buffer)
+        .ok()?;
+    parse_proc_stat(buffer)
+}
+
+/// Fields after the command name (which may contain spaces and parens):
+/// state is field 3, utime 14, stime 15, rss 24.
+fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+    let after = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let rss: u64 = fields.get(21)?.parse().ok()?;
+    Some((utime + stime, rss))
+}
+
+#[allow(unsafe_code)]
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions and only reads a constant.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}
+
+#[allow(unsafe_code)]
+fn ticks_per_second() -> f64 {
+    // SAFETY: as above.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 /// PIDs in a systemd unit's cgroup (cgroup v2, then v1's systemd hierarchy).
@@ -167,8 +207,12 @@ impl Sampler {
             last_network: Instant::now(),
             last_discovery: None,
             discovery_interval,
-            pid_buffer: Vec::new(),
             examined: std::collections::HashMap::new(),
+            last_ticks: std::collections::HashMap::new(),
+            vanished: false,
+            stat_buffer: String::new(),
+            page_size: page_size(),
+            ticks_per_second: ticks_per_second(),
         };
         sampler.refresh_processes();
         Ok(sampler)
@@ -254,12 +298,9 @@ impl Sampler {
         let due = self
             .last_discovery
             .is_none_or(|at| at.elapsed() >= self.discovery_interval);
-        let vanished = self
-            .apps
-            .iter()
-            .any(|a| a.pids.iter().any(|pid| self.system.process(*pid).is_none()));
-        if due || vanished {
+        if due || self.vanished {
             self.discover();
+            self.vanished = false;
         }
         for app in &mut self.apps {
             if let Matcher::SystemdUnit(unit) = &app.matcher {
@@ -267,19 +308,33 @@ impl Sampler {
                 unit_pids(unit, &mut app.pids);
             }
         }
-        self.pid_buffer.clear();
-        self.pid_buffer
-            .extend(self.apps.iter().flat_map(|a| a.pids.iter().copied()));
-        if !self.pid_buffer.is_empty() {
-            self.system.refresh_processes_specifics(
-                ProcessesToUpdate::Some(&self.pid_buffer),
-                true,
-                ProcessRefreshKind::nothing()
-                    .without_tasks()
-                    .with_cpu()
-                    .with_memory(),
-            );
+    }
+
+    /// CPU (% of all cores since the previous sample) and resident bytes of
+    /// `pids`, and how many of them are alive, from one read of
+    /// `/proc/PID/stat` each. (sysinfo also reads `status`, `statm` and the
+    /// process directory each time; `status` is costly for the kernel to
+    /// produce, and this runs every second on every host.)
+    fn measure(&mut self, pids: &[Pid], now: Instant) -> (f64, u64, usize) {
+        let (mut cpu, mut memory, mut alive) = (0.0, 0u64, 0usize);
+        for pid in pids {
+            let pid = pid.as_u32();
+            let Some((ticks, rss_pages)) = read_proc_stat(pid, &mut self.stat_buffer) else {
+                self.vanished = true;
+                self.last_ticks.remove(&pid);
+                continue;
+            };
+            alive += 1;
+            memory += rss_pages * self.page_size;
+            if let Some((previous, at)) = self.last_ticks.insert(pid, (ticks, now)) {
+                let seconds = now.saturating_duration_since(at).as_secs_f64();
+                if seconds > 0.0 {
+                    let used = ticks.saturating_sub(previous) as f64 / self.ticks_per_second;
+                    cpu += used / seconds / self.cores * 100.0;
+                }
+            }
         }
+        (cpu, memory, alive)
     }
 
     /// One sample of the host (`system`) and of every application.
@@ -313,6 +368,19 @@ impl Sampler {
         self.refresh_processes();
 
         let total_memory = self.system.total_memory().max(1);
+        let now = Instant::now();
+        let mut measured = Vec::with_capacity(self.apps.len());
+        for index in 0..self.apps.len() {
+            let pids = std::mem::take(&mut self.apps[index].pids);
+            measured.push(self.measure(&pids, now));
+            self.apps[index].pids = pids;
+        }
+        let live: std::collections::HashSet<u32> = self
+            .apps
+            .iter()
+            .flat_map(|a| a.pids.iter().map(|p| p.as_u32()))
+            .collect();
+        self.last_ticks.retain(|pid, _| live.contains(pid));
         let disk_usage = |index: Option<usize>| {
             let disk = self.disks.get(index?)?;
             let total = disk.total_space();
@@ -335,24 +403,13 @@ impl Sampler {
             disk_bytes: host_disk.map(|d| d.1),
             network: Some((rx as f64 / elapsed, tx as f64 / elapsed)),
         });
-        for app in &self.apps {
-            let (cpu, memory, alive) = app
-                .pids
-                .iter()
-                .filter_map(|pid| self.system.process(*pid))
-                .fold((0.0f64, 0u64, 0usize), |(cpu, memory, alive), p| {
-                    (
-                        cpu + f64::from(p.cpu_usage()),
-                        memory + p.memory(),
-                        alive + 1,
-                    )
-                });
+        for (app, (cpu, memory, alive)) in self.apps.iter().zip(measured) {
             let disk = disk_usage(app.disk);
             samples.push(MetricSample {
                 application: app.name.clone(),
                 timestamp_ms,
                 up: alive > 0,
-                cpu_percent: cpu / self.cores,
+                cpu_percent: cpu,
                 memory_percent: memory as f64 / total_memory as f64 * 100.0,
                 memory_bytes: memory,
                 disk_percent: disk.map(|d| d.0),
@@ -367,6 +424,13 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_stat_fields_survive_odd_command_names() {
+        let text = "1234 (my (odd) app) S 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 1 0 12345 1000000 321 18446744073709551615";
+        assert_eq!(parse_proc_stat(text), Some((300, 321)));
+        assert_eq!(parse_proc_stat("garbage"), None);
+    }
 
     #[test]
     fn net_dev_sums_all_but_loopback() {
