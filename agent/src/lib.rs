@@ -253,7 +253,14 @@ fn sample_metrics(
         match events.try_send(Event::Items(samples)) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                stats.metric_samples_dropped.fetch_add(1, Ordering::Relaxed);
+                let dropped = stats.metric_samples_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // Logged at the 1st, 2nd, 4th, 8th... drop: visible, never a flood.
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        dropped_samples = dropped,
+                        "the batcher is behind; metric samples dropped"
+                    );
+                }
             }
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
         }

@@ -317,7 +317,9 @@ impl Hub {
         let filter = LogFilter::from_request(request);
         let mut index = self.write_index();
         outbound.push_reply(ack(id));
-        let tail = request.tail.unwrap_or(0) as usize;
+        // At most what one source keeps: a larger tail could only walk
+        // more history under the write lock, never return more lines of it.
+        let tail = (request.tail.unwrap_or(0) as usize).min(self.limits.lines_per_source);
         if tail > 0 {
             let history = self.lock_history();
             let mut replay: Vec<&HistoryLine> = history

@@ -144,8 +144,16 @@ impl Outbound {
     }
 
     /// A reply or a message that must not be dropped (deployment, status).
+    ///
+    /// Never dropped, but counted against the bound: a client that keeps
+    /// asking without reading fills its queue and is closed as stalled.
     pub fn push_reply(&self, message: Outgoing) {
-        self.lock().queue.push_back(message);
+        let mut state = self.lock();
+        if state.queue.len() >= self.limits.max_queued {
+            state.full_since.get_or_insert_with(Instant::now);
+        }
+        state.queue.push_back(message);
+        drop(state);
         self.notify.notify_one();
     }
 
