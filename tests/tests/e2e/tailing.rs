@@ -19,6 +19,22 @@ struct Setup {
     log_dir: PathBuf,
 }
 
+impl Setup {
+    /// A new relay on the ports of the one that was killed.
+    fn relay_back(&self, http: std::net::SocketAddr, uplink: std::net::SocketAddr) -> Relay {
+        tokio::task::block_in_place(|| {
+            Relay::start_on(
+                &self.dir.path().join("relay2"),
+                &self.pki,
+                HISTORY,
+                &http.to_string(),
+                &uplink.to_string(),
+            )
+        })
+        .unwrap()
+    }
+}
+
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(dir.path()).unwrap();
@@ -310,16 +326,7 @@ async fn relay_down_30_seconds_while_lines_are_written_then_back() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    let relay = tokio::task::block_in_place(|| {
-        Relay::start_on(
-            &s.dir.path().join("relay2"),
-            &s.pki,
-            HISTORY,
-            &http.to_string(),
-            &uplink.to_string(),
-        )
-    })
-    .unwrap();
+    let relay = s.relay_back(http, uplink);
     wait_for_host(&relay, "tail-host").await.unwrap();
     let mut after = subscribe(&relay).await;
     let rest = collect_until(&mut after, total - 1).await;
@@ -352,16 +359,7 @@ async fn a_full_spool_drops_the_oldest_and_reports_how_many() {
     drop(file);
     // Let the agent read it all into its (too small) spool.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let relay = tokio::task::block_in_place(|| {
-        Relay::start_on(
-            &s.dir.path().join("relay2"),
-            &s.pki,
-            HISTORY,
-            &http.to_string(),
-            &uplink.to_string(),
-        )
-    })
-    .unwrap();
+    let relay = s.relay_back(http, uplink);
     let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
     client
         .subscribe(json!({"type": "subscribe-logs", "host": "tail-host", "tail": 20000}))
@@ -436,16 +434,7 @@ async fn a_truncated_spool_file_is_cut_and_nothing_is_lost() {
         .set_len(len - 7)
         .unwrap();
 
-    let relay = tokio::task::block_in_place(|| {
-        Relay::start_on(
-            &s.dir.path().join("relay2"),
-            &s.pki,
-            HISTORY,
-            &http.to_string(),
-            &uplink.to_string(),
-        )
-    })
-    .unwrap();
+    let relay = s.relay_back(http, uplink);
     let agent = Agent::spawn(&agent_dir.join("agent.toml"), &agent_dir).unwrap();
     let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
     client
