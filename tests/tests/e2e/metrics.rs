@@ -8,16 +8,20 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(15);
 
+/// Kills the whole process group (the shell and its `sleep`) when dropped,
+/// so no orphan keeps the test runner's output open.
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.0.wait();
     }
 }
 
 /// A process whose command line carries `marker`: busy or sleeping.
 fn spawn_marked(marker: &str, busy: bool) -> Kill {
+    use std::os::unix::process::CommandExt;
     let script = if busy {
         "while :; do :; done"
     } else {
@@ -26,6 +30,10 @@ fn spawn_marked(marker: &str, busy: bool) -> Kill {
     Kill(
         Command::new("sh")
             .args(["-c", script, marker])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap(),
     )
