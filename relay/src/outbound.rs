@@ -78,9 +78,9 @@ impl Outgoing {
         }
         let rest = body.strip_prefix('{').unwrap_or(body);
         let mut text = String::with_capacity(body.len() + 40);
-        text.push_str("{\"subscriptionId\":\"");
-        text.push_str(&subscription_name(self.subscription));
-        text.push_str("\",");
+        // Written in place: no temporary string per message and subscriber.
+        use std::fmt::Write;
+        let _ = write!(text, "{{\"subscriptionId\":\"sub-{}\",", self.subscription);
         text.push_str(rest);
         text
     }

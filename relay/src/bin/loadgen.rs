@@ -113,6 +113,29 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// A simulated agent for `host` (a fresh agent id each run, so the relay's
+/// duplicate detection starts from zero).
+fn agent_settings(
+    uplink: &str,
+    ca: &std::path::Path,
+    token: &str,
+    host: &str,
+    application: &str,
+) -> o1_agent::uplink::UplinkSettings {
+    o1_agent::uplink::UplinkSettings {
+        address: uplink.to_owned(),
+        server_name: Some("localhost".into()),
+        ca: Some(ca.to_owned()),
+        insecure_skip_verify: false,
+        token: token.to_owned(),
+        host: host.to_owned(),
+        agent_id: format!("{host}-{}", now_nanos()),
+        applications: vec![application.into()],
+        idle_timeout: Duration::from_secs(10),
+        max_frame: wire::DEFAULT_MAX_FRAME,
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -250,18 +273,7 @@ async fn fanout(
     let started = Instant::now();
     match publisher {
         Publisher::O1 { uplink, ca, token } => {
-            let settings = o1_agent::uplink::UplinkSettings {
-                address: uplink,
-                server_name: Some("localhost".into()),
-                ca: Some(ca),
-                insecure_skip_verify: false,
-                token,
-                host: "bench-host".into(),
-                agent_id: format!("bench-{}", now_nanos()),
-                applications: vec!["bench".into()],
-                idle_timeout: Duration::from_secs(10),
-                max_frame: wire::DEFAULT_MAX_FRAME,
-            };
+            let settings = agent_settings(&uplink, &ca, &token, "bench-host", "bench");
             let endpoint = o1_agent::uplink::endpoint(&settings)?;
             let mut session = o1_agent::uplink::connect(&endpoint, &settings).await?;
             let mut sequence = 0u64;
@@ -362,18 +374,7 @@ async fn ingest(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for a in 0..agents {
-        let settings = o1_agent::uplink::UplinkSettings {
-            address: uplink.to_owned(),
-            server_name: Some("localhost".into()),
-            ca: Some(ca.to_owned()),
-            insecure_skip_verify: false,
-            token: token.to_owned(),
-            host: format!("ingest-{a}"),
-            agent_id: format!("ingest-{a}-{}", now_nanos()),
-            applications: vec!["app".into()],
-            idle_timeout: Duration::from_secs(10),
-            max_frame: wire::DEFAULT_MAX_FRAME,
-        };
+        let settings = agent_settings(uplink, ca, token, &format!("ingest-{a}"), "app");
         tasks.push(tokio::spawn(async move {
             let endpoint = o1_agent::uplink::endpoint(&settings)?;
             let mut session = o1_agent::uplink::connect(&endpoint, &settings).await?;
