@@ -112,7 +112,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         "o1-agent starting"
     );
     let mut resume = checkpoint.clone();
-    resume.merge(&spool.pending_offsets());
+    resume.apply(&spool.pending_offsets());
+    // Files changed after this were written to while the agent was not
+    // reading: rotated siblings that new are read from their start.
+    let stopped_at = std::fs::metadata(&checkpoint_path)
+        .and_then(|m| m.modified())
+        .ok();
     let first_run = !had_checkpoint && recovery.records == 0;
     let spool = Arc::new(Mutex::new(spool));
     let spooled = Arc::new(Notify::new());
@@ -150,6 +155,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             apps,
             config.logs.clone(),
             resume.files,
+            if first_run { None } else { stopped_at },
             first_run,
             events.clone(),
         );

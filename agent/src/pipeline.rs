@@ -35,12 +35,30 @@ pub enum Event {
     Lines {
         items: Vec<Item>,
         key: FileKey,
-        offset: u64,
+        position: Position,
     },
-    /// The path a file has, for the checkpoint.
-    FilePath { key: FileKey, path: String },
+    /// The path and application of a file, for the checkpoint.
+    FilePath {
+        key: FileKey,
+        path: String,
+        application: String,
+    },
+    /// The tailer let the file go: its checkpoint entry leaves once the
+    /// batches before this are acknowledged.
+    Released { key: FileKey },
     /// Metric samples or deployment events.
     Items(Vec<Item>),
+}
+
+/// A position in a file, with what proves it on resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub offset: u64,
+    /// CRC32 of the `guard_len` bytes before `offset`.
+    pub guard: u32,
+    pub guard_len: u32,
+    /// The file's length when it was read.
+    pub size: u64,
 }
 
 /// Counters the agent keeps about itself.
@@ -57,6 +75,89 @@ pub fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
     spool.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the batcher holds for the batch it is filling.
+#[derive(Debug, Default)]
+struct Filling {
+    items: Vec<Item>,
+    bytes: usize,
+    opened_at: Option<Instant>,
+    /// Keyed by inode: a file whose identity changed (copytruncate) keeps
+    /// only its newest key and position.
+    positions: HashMap<(u64, u64), (FileKey, Position)>,
+    released: Vec<FileKey>,
+    /// Path and application of every tracked file (forgotten on release).
+    files: HashMap<FileKey, (String, String)>,
+}
+
+impl Filling {
+    fn add(&mut self, event: Event) {
+        match event {
+            Event::Lines {
+                items,
+                key,
+                position,
+            } => {
+                self.bytes += items.iter().map(item_size).sum::<usize>();
+                self.items.extend(items);
+                let held = self
+                    .positions
+                    .entry((key.device, key.inode))
+                    .or_insert((key, position));
+                if held.0 != key || position.offset >= held.1.offset {
+                    *held = (key, position);
+                }
+            }
+            Event::FilePath {
+                key,
+                path,
+                application,
+            } => {
+                self.files.insert(key, (path, application));
+                return;
+            }
+            Event::Released { key } => self.released.push(key),
+            Event::Items(more) => {
+                self.bytes += more.iter().map(item_size).sum::<usize>();
+                self.items.extend(more);
+            }
+        }
+        self.opened_at.get_or_insert_with(Instant::now);
+    }
+
+    /// The batch's items and file positions (releases last), leaving the
+    /// batcher empty.
+    fn take(&mut self) -> (Vec<Item>, Vec<FileOffset>) {
+        let mut offsets: Vec<FileOffset> = self
+            .positions
+            .drain()
+            .map(|(_, (key, position))| {
+                let (path, application) = self.files.get(&key).cloned().unwrap_or_default();
+                FileOffset {
+                    key,
+                    offset: position.offset,
+                    path,
+                    application,
+                    guard: position.guard,
+                    guard_len: position.guard_len,
+                    size: position.size,
+                    released: false,
+                }
+            })
+            .collect();
+        for key in self.released.drain(..) {
+            self.files.remove(&key);
+            offsets.push(FileOffset::release(key));
+        }
+        self.bytes = 0;
+        self.opened_at = None;
+        (std::mem::take(&mut self.items), offsets)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.released.is_empty()
+    }
+}
+
 /// Runs until every sender of `events` is gone; flushes what it holds.
 pub fn run_batcher(
     events: Receiver<Event>,
@@ -66,29 +167,13 @@ pub fn run_batcher(
     stats: Arc<AgentStats>,
 ) {
     let max_age = Duration::from_millis(limits.max_age_ms);
-    let mut items: Vec<Item> = Vec::new();
-    let mut bytes = 0usize;
-    let mut opened_at: Option<Instant> = None;
-    // Keyed by inode: a file whose identity changed (copytruncate) keeps
-    // only its newest key and position.
-    let mut positions: HashMap<(u64, u64), (FileKey, u64)> = HashMap::new();
-    let mut paths: HashMap<FileKey, String> = HashMap::new();
-    let flush = |items: &mut Vec<Item>,
-                 positions: &mut HashMap<(u64, u64), (FileKey, u64)>,
-                 paths: &HashMap<FileKey, String>| {
-        if items.is_empty() {
+    let mut filling = Filling::default();
+    let flush = |filling: &mut Filling| {
+        if filling.is_empty() {
             return;
         }
-        let offsets: Vec<FileOffset> = positions
-            .drain()
-            .map(|(_, (key, offset))| FileOffset {
-                key,
-                offset,
-                path: paths.get(&key).cloned().unwrap_or_default(),
-            })
-            .collect();
-        let count = items.len() as u64;
-        let batch = std::mem::take(items);
+        let (batch, offsets) = filling.take();
+        let count = batch.len() as u64;
         let result = lock(&spool).append(batch, offsets);
         match result {
             Ok(_) => {
@@ -100,52 +185,20 @@ pub fn run_batcher(
         }
     };
     loop {
-        let timeout = match opened_at {
+        let timeout = match filling.opened_at {
             Some(at) => max_age.saturating_sub(at.elapsed()),
             None => Duration::from_secs(3600),
         };
         match events.recv_timeout(timeout) {
             Ok(event) => {
-                match event {
-                    Event::Lines {
-                        items: lines,
-                        key,
-                        offset,
-                    } => {
-                        bytes += lines.iter().map(item_size).sum::<usize>();
-                        items.extend(lines);
-                        let position = positions
-                            .entry((key.device, key.inode))
-                            .or_insert((key, offset));
-                        if position.0 == key {
-                            position.1 = position.1.max(offset);
-                        } else {
-                            *position = (key, offset);
-                        }
-                    }
-                    Event::FilePath { key, path } => {
-                        paths.insert(key, path);
-                        continue;
-                    }
-                    Event::Items(more) => {
-                        bytes += more.iter().map(item_size).sum::<usize>();
-                        items.extend(more);
-                    }
-                }
-                opened_at.get_or_insert_with(Instant::now);
-                if items.len() >= limits.max_items || bytes >= limits.max_bytes {
-                    flush(&mut items, &mut positions, &paths);
-                    bytes = 0;
-                    opened_at = None;
+                filling.add(event);
+                if filling.items.len() >= limits.max_items || filling.bytes >= limits.max_bytes {
+                    flush(&mut filling);
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {
-                flush(&mut items, &mut positions, &paths);
-                bytes = 0;
-                opened_at = None;
-            }
+            Err(RecvTimeoutError::Timeout) => flush(&mut filling),
             Err(RecvTimeoutError::Disconnected) => {
-                flush(&mut items, &mut positions, &paths);
+                flush(&mut filling);
                 return;
             }
         }
@@ -339,7 +392,7 @@ async fn ship(
                 state.checkpoint.acked_sequence = state.checkpoint.acked_sequence.max(sequence);
                 state.dirty = true;
                 if !offsets.is_empty() {
-                    state.checkpoint.merge(&offsets);
+                    state.checkpoint.apply(&offsets);
                     state.offsets_dirty = true;
                     acked_notify.notify_one();
                 }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use o1_common::wire::{self, AgentMessage, Batch, Item};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, FileOffset};
+use crate::checkpoint::{Checkpoint, FileKey, FileOffset};
 
 #[derive(Debug, Clone, Copy)]
 pub struct SpoolLimits {
@@ -44,6 +44,10 @@ pub struct SpoolLimits {
     pub max_frame: usize,
 }
 
+/// Marks a record header of this version: an overlong varint, which no
+/// header of the first version (postcard, canonical varints) starts with.
+const HEADER_V2: [u8; 2] = [0x80, 0x00];
+
 #[derive(Debug, Serialize, Deserialize)]
 struct RecordHeader {
     sequence: u64,
@@ -51,6 +55,72 @@ struct RecordHeader {
     /// The drop count this batch reports, carried on if it is dropped too.
     dropped_items: u64,
     offsets: Vec<FileOffset>,
+}
+
+/// The first version's header (before birth times, guards and releases),
+/// still read so that an upgrade keeps a full spool.
+#[derive(Debug, Deserialize)]
+struct RecordHeaderV1 {
+    sequence: u64,
+    items: u32,
+    dropped_items: u64,
+    offsets: Vec<FileOffsetV1>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileOffsetV1 {
+    key: FileKeyV1,
+    offset: u64,
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileKeyV1 {
+    device: u64,
+    inode: u64,
+    fingerprint: u32,
+    fingerprint_len: u32,
+}
+
+impl From<RecordHeaderV1> for RecordHeader {
+    fn from(v1: RecordHeaderV1) -> Self {
+        RecordHeader {
+            sequence: v1.sequence,
+            items: v1.items,
+            dropped_items: v1.dropped_items,
+            offsets: v1
+                .offsets
+                .into_iter()
+                .map(|o| FileOffset {
+                    key: FileKey {
+                        device: o.key.device,
+                        inode: o.key.inode,
+                        fingerprint: o.key.fingerprint,
+                        fingerprint_len: o.key.fingerprint_len,
+                        born_ns: None,
+                        generation: 0,
+                    },
+                    offset: o.offset,
+                    path: o.path,
+                    application: String::new(),
+                    guard: 0,
+                    guard_len: 0,
+                    size: 0,
+                    released: false,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Reads a record header of either version.
+fn decode_header(bytes: &[u8]) -> Option<RecordHeader> {
+    match bytes.strip_prefix(&HEADER_V2) {
+        Some(v2) => postcard::from_bytes(v2).ok(),
+        None => postcard::from_bytes::<RecordHeaderV1>(bytes)
+            .ok()
+            .map(Into::into),
+    }
 }
 
 #[derive(Debug)]
@@ -268,7 +338,8 @@ impl Spool {
             dropped_items,
             offsets,
         };
-        let header_bytes = postcard::to_allocvec(&header).map_err(io::Error::other)?;
+        let mut header_bytes = HEADER_V2.to_vec();
+        header_bytes = postcard::to_extend(&header, header_bytes).map_err(io::Error::other)?;
         let body_len = 4 + header_bytes.len() + frame.len();
         let mut record = Vec::with_capacity(RECORD_OVERHEAD + header_bytes.len() + frame.len());
         record.extend_from_slice(&(body_len as u32).to_le_bytes());
@@ -477,7 +548,7 @@ fn parse_record(bytes: &[u8]) -> Option<(RecordHeader, usize, u32, usize)> {
     }
     let header_len = u32::from_le_bytes(*body.first_chunk::<4>()?) as usize;
     let header_bytes = body.get(4..4 + header_len)?;
-    let header: RecordHeader = postcard::from_bytes(header_bytes).ok()?;
+    let header = decode_header(header_bytes)?;
     let frame_len = body_len.checked_sub(4 + header_len)? as u32;
     Some((
         header,
@@ -543,6 +614,52 @@ mod tests {
         assert_eq!(spool.first_unacked(), Some(5));
         assert_eq!(spool.next_sequence(), 11);
         assert_eq!(batch_of(&spool, 7).items, vec![line(6)]);
+    }
+
+    #[test]
+    fn a_spool_written_by_the_first_version_is_read_after_an_upgrade() {
+        // A record as the first version wrote it: no header marker, file
+        // positions without birth time, guard or release.
+        let dir = tempfile::tempdir().unwrap();
+        let v1_offsets = vec![(
+            (1u64, 2u64, 3u32, 4u32),
+            500u64,
+            "/var/log/app.log".to_owned(),
+        )];
+        let header = postcard::to_allocvec(&(1u64, 1u32, 0u64, v1_offsets)).unwrap();
+        let mut frame = Vec::new();
+        let batch = AgentMessage::Batch(Batch {
+            sequence: 1,
+            items: vec![line(0)],
+            dropped_items: 0,
+        });
+        wire::encode_frame(&batch, &mut frame, wire::DEFAULT_MAX_FRAME).unwrap();
+        let mut body = (header.len() as u32).to_le_bytes().to_vec();
+        body.extend_from_slice(&header);
+        body.extend_from_slice(&frame);
+        let mut record = (body.len() as u32).to_le_bytes().to_vec();
+        record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        record.extend_from_slice(&body);
+        fs::write(dir.path().join(segment_name(1)), &record).unwrap();
+
+        let (mut spool, recovery) = Spool::open(dir.path(), limits(1 << 20, 64 << 10), 0).unwrap();
+        assert_eq!(recovery.records, 1, "nothing cut: {recovery:?}");
+        assert_eq!(batch_of(&spool, 1).items, vec![line(0)]);
+        let pending = spool.pending_offsets();
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].key.inode, pending[0].offset), (2, 500));
+        assert_eq!(pending[0].key.born_ns, None);
+        // New records go after it, in the new format, and both read back.
+        spool
+            .append(vec![line(1)], vec![FileOffset::release(pending[0].key)])
+            .unwrap();
+        drop(spool);
+        let (spool, recovery) = Spool::open(dir.path(), limits(1 << 20, 64 << 10), 0).unwrap();
+        assert_eq!(recovery.records, 2);
+        assert!(
+            spool.pending_offsets().iter().all(|o| o.released),
+            "the release is kept"
+        );
     }
 
     #[test]

@@ -17,22 +17,22 @@
 //!   `logs.max_line_bytes` is cut there and ends with `…[truncated]`; bytes
 //!   that are not UTF-8 become U+FFFD.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, SyncSender};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use o1_common::Timestamp;
 use o1_common::wire::{Item, LogRecord};
 
-use crate::checkpoint::{FINGERPRINT_BYTES, FileKey, FileOffset};
+use crate::checkpoint::{FINGERPRINT_BYTES, FileKey, FileOffset, GUARD_BYTES, Resume};
 use crate::config::{LogsConfig, Multiline, StartAt, WatchMode};
 use crate::level::detect_level;
-use crate::pipeline::Event;
+use crate::pipeline::{Event, Position};
 
 /// A file that left the globs (rotated away, deleted) is closed once it has
 /// not grown for this long.
@@ -41,6 +41,13 @@ pub const RELEASE_AFTER: Duration = Duration::from_secs(5);
 const READ_BUDGET: usize = 4 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 const TRUNCATED_MARK: &str = "…[truncated]";
+/// On stop, how long the tailer may take to read tracked files to their
+/// end before it gives up (the rest is read after the restart).
+pub const STOP_DRAIN: Duration = Duration::from_secs(2);
+/// Names of compressed rotated files, which are not read.
+const COMPRESSED: &[&str] = &[
+    ".gz", ".bz2", ".xz", ".zst", ".lz4", ".lzma", ".z", ".Z", ".zip", ".br",
+];
 
 /// The log files of one application.
 #[derive(Debug, Clone)]
@@ -60,6 +67,8 @@ struct Tracked {
     committed: u64,
     /// Bytes read so far.
     read_pos: u64,
+    /// The file's length when last looked at.
+    size: u64,
     /// The current line's bytes, not yet complete.
     partial: Vec<u8>,
     partial_since: Option<Instant>,
@@ -86,6 +95,9 @@ pub struct Tailer {
     config: LogsConfig,
     files: HashMap<(u64, u64), Tracked>,
     resume: Vec<FileOffset>,
+    /// When the agent last wrote its checkpoint before this start (`None`
+    /// on a first run): rotated files changed after it are read whole.
+    stopped_at: Option<SystemTime>,
     first_run: bool,
     events: SyncSender<Event>,
     unreadable: HashSet<PathBuf>,
@@ -130,6 +142,7 @@ impl Tailer {
         apps: Vec<AppLogs>,
         config: LogsConfig,
         resume: Vec<FileOffset>,
+        stopped_at: Option<SystemTime>,
         first_run: bool,
         events: SyncSender<Event>,
     ) -> Self {
@@ -138,6 +151,7 @@ impl Tailer {
             config,
             files: HashMap::new(),
             resume,
+            stopped_at,
             first_run,
             events,
             unreadable: HashSet::new(),
@@ -188,7 +202,13 @@ impl Tailer {
                 if let Some(watcher) = watcher.as_mut() {
                     self.ensure_watches(watcher, &mut watched);
                 }
+                if initial && !self.recover_rotated() {
+                    return;
+                }
                 if !self.scan(initial) {
+                    return;
+                }
+                if initial && !self.forget_unused() {
                     return;
                 }
                 initial = false;
@@ -201,7 +221,9 @@ impl Tailer {
             if !self.flush_timed_out() {
                 return;
             }
-            self.release_finished();
+            if !self.release_finished() {
+                return;
+            }
             rescan = false;
             if more {
                 continue;
@@ -220,6 +242,24 @@ impl Tailer {
             rescan |= last_scan.elapsed() >= poll;
         }
         drop(watcher);
+        self.drain();
+    }
+
+    /// On stop: reads every tracked file (and any new one) to its current
+    /// end, within [`STOP_DRAIN`], so lines written before the stop are
+    /// spooled now. Partial lines and held multiline records stay unread:
+    /// the checkpoint points before them and the restart reads them whole.
+    fn drain(&mut self) {
+        let deadline = Instant::now() + STOP_DRAIN;
+        if !self.scan(false) {
+            return;
+        }
+        while Instant::now() < deadline {
+            match self.read_all() {
+                Some(true) => continue,
+                _ => break,
+            }
+        }
     }
 
     fn ensure_watches(
@@ -249,9 +289,11 @@ impl Tailer {
         }
     }
 
-    /// Finds files matching the globs; starts tracking new ones.
-    fn scan(&mut self, initial: bool) -> bool {
-        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    /// The files the globs match now: (application, path, metadata), each
+    /// file once. Reports patterns and files it cannot read.
+    fn matches(&mut self) -> Vec<(usize, PathBuf, Metadata)> {
+        let mut found = Vec::new();
+        let mut ids = HashSet::new();
         for app_index in 0..self.apps.len() {
             for pattern_index in 0..self.apps[app_index].patterns.len() {
                 let pattern = self.apps[app_index].patterns[pattern_index].clone();
@@ -275,28 +317,193 @@ impl Tailer {
                             continue;
                         }
                     };
-                    if !metadata.is_file() {
-                        continue;
-                    }
-                    let id = (metadata.dev(), metadata.ino());
-                    seen.insert(id);
-                    if let Some(tracked) = self.files.get_mut(&id) {
-                        tracked.missing_since = None;
-                        if tracked.path != path {
-                            tracked.path = path;
-                        }
-                        continue;
-                    }
-                    if !self.track(app_index, &path, &metadata, initial) {
-                        return false;
+                    if metadata.is_file() && ids.insert((metadata.dev(), metadata.ino())) {
+                        found.push((app_index, path, metadata));
                     }
                 }
+            }
+        }
+        found
+    }
+
+    /// Finds files matching the globs; starts tracking new ones, oldest
+    /// (least recently written) first, so that reading order is rotation
+    /// order, never name order.
+    fn scan(&mut self, initial: bool) -> bool {
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let mut new = Vec::new();
+        for (app, path, metadata) in self.matches() {
+            let id = (metadata.dev(), metadata.ino());
+            seen.insert(id);
+            if let Some(tracked) = self.files.get_mut(&id) {
+                tracked.missing_since = None;
+                if tracked.path != path {
+                    tracked.path = path;
+                }
+                continue;
+            }
+            new.push((app, path, metadata));
+        }
+        new.sort_by_key(|(_, path, metadata)| (metadata.modified().ok(), path.clone()));
+        for (app, path, metadata) in new {
+            if !self.track(app, &path, &metadata, initial) {
+                return false;
             }
         }
         let now = Instant::now();
         for (id, tracked) in self.files.iter_mut() {
             if !seen.contains(id) {
                 tracked.missing_since.get_or_insert(now);
+            }
+        }
+        true
+    }
+
+    /// The application a checkpoint entry belongs to: by name, or (older
+    /// checkpoints) by the patterns that match its path.
+    fn app_of(&self, entry: &FileOffset) -> Option<usize> {
+        if let Some(index) = self.apps.iter().position(|a| a.name == entry.application) {
+            return Some(index);
+        }
+        self.apps.iter().position(|a| {
+            a.patterns.iter().any(|p| {
+                glob::Pattern::new(p).is_ok_and(|p| p.matches_path(Path::new(&entry.path)))
+            })
+        })
+    }
+
+    /// Every regular file (links not followed) in the directories of the
+    /// patterns and of the checkpoint's entries, by device and inode.
+    fn files_nearby(&self) -> HashMap<(u64, u64), (PathBuf, Metadata)> {
+        let mut dirs: BTreeSet<PathBuf> = self
+            .apps
+            .iter()
+            .flat_map(|a| a.patterns.iter())
+            .map(|p| watch_target(p).0)
+            .collect();
+        dirs.extend(
+            self.resume
+                .iter()
+                .filter_map(|e| Some(Path::new(&e.path).parent()?.to_owned())),
+        );
+        let mut files = HashMap::new();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(metadata) = std::fs::symlink_metadata(entry.path()) else {
+                    continue;
+                };
+                if metadata.is_file() {
+                    files.insert((metadata.dev(), metadata.ino()), (entry.path(), metadata));
+                }
+            }
+        }
+        files
+    }
+
+    /// After a restart, before the first scan: tracks the files the globs
+    /// no longer name but that hold unread lines, oldest first, so they are
+    /// read to their end before the current files. These are (1) files of
+    /// checkpoint entries with unread bytes, found by identity whatever
+    /// their name now (rotated while the agent was down, or just before it
+    /// stopped), and (2) rotated siblings of the applications' files
+    /// (`app.log.1`, `app.log-20261128`, not compressed) written to after
+    /// the agent stopped, which it never saw.
+    fn recover_rotated(&mut self) -> bool {
+        if self.resume.is_empty() && self.stopped_at.is_none() {
+            return true;
+        }
+        let nearby = self.files_nearby();
+        let matched = self.matches();
+        let globbed: HashSet<(u64, u64)> =
+            matched.iter().map(|(_, _, m)| (m.dev(), m.ino())).collect();
+        let entries: HashSet<(u64, u64)> = self
+            .resume
+            .iter()
+            .map(|e| (e.key.device, e.key.inode))
+            .collect();
+        let mut found: Vec<(usize, PathBuf, Metadata)> = Vec::new();
+        for entry in &self.resume {
+            let id = (entry.key.device, entry.key.inode);
+            let Some((path, metadata)) = nearby.get(&id) else {
+                continue;
+            };
+            if globbed.contains(&id) || metadata.len() <= entry.offset {
+                continue;
+            }
+            match self.app_of(entry) {
+                Some(app) => found.push((app, path.clone(), metadata.clone())),
+                None => {
+                    tracing::warn!(path = %path.display(), "a rotated log file with unread lines belongs to no configured application; not read")
+                }
+            }
+        }
+        if let Some(stopped_at) = self.stopped_at {
+            // Base names: the applications' current files and the
+            // checkpoint's, each with its application.
+            let mut bases: Vec<(usize, PathBuf)> = matched
+                .iter()
+                .map(|(app, path, _)| (*app, path.clone()))
+                .collect();
+            bases.extend(
+                self.resume
+                    .iter()
+                    .filter_map(|e| Some((self.app_of(e)?, PathBuf::from(&e.path)))),
+            );
+            for (id, (path, metadata)) in &nearby {
+                if globbed.contains(id)
+                    || entries.contains(id)
+                    || metadata.modified().map_or(true, |m| m <= stopped_at)
+                    || is_compressed(path)
+                {
+                    continue;
+                }
+                if let Some((app, _)) = bases.iter().find(|(_, base)| is_rotation_of(path, base)) {
+                    tracing::info!(path = %path.display(), "a log file rotated while the agent was stopped; reading it whole");
+                    found.push((*app, path.clone(), metadata.clone()));
+                }
+            }
+        }
+        found.sort_by_key(|(_, path, metadata)| (metadata.modified().ok(), path.clone()));
+        for (app, path, metadata) in found {
+            if !self.track(app, &path, &metadata, true) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// After the first scan: checkpoint entries no file took up leave the
+    /// checkpoint (a release each). A file that is gone (deleted, or
+    /// compressed, while the agent was down) with lines it had not read is
+    /// reported with what is known lost.
+    fn forget_unused(&mut self) -> bool {
+        let unused = std::mem::take(&mut self.resume);
+        if unused.is_empty() {
+            return true;
+        }
+        let nearby = self.files_nearby();
+        for entry in unused {
+            let id = (entry.key.device, entry.key.inode);
+            if !nearby.contains_key(&id) && !self.files.contains_key(&id) {
+                let path = Path::new(&entry.path);
+                let compressed = compressed_copy(path);
+                tracing::warn!(
+                    path = %entry.path,
+                    read_up_to = entry.offset,
+                    known_unread_bytes = entry.size.saturating_sub(entry.offset),
+                    compressed_copy = %compressed.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    "a log file was removed or compressed while the agent was not reading it; lines written to it after the saved position are lost (compressed files are not read)"
+                );
+            }
+            if self
+                .events
+                .send(Event::Released { key: entry.key })
+                .is_err()
+            {
+                return false;
             }
         }
         true
@@ -332,35 +539,57 @@ impl Tailer {
             }
         };
         let mut prefix = vec![0u8; FINGERPRINT_BYTES];
-        let got = read_prefix(&file, &mut prefix);
+        let got = read_full_at(&file, &mut prefix, 0);
         prefix.truncate(got);
         let (device, inode) = (metadata.dev(), metadata.ino());
-        let key = FileKey {
-            device,
-            inode,
-            fingerprint: crc32fast::hash(&prefix),
-            fingerprint_len: prefix.len() as u32,
-        };
+        let born = born_ns(metadata);
         let len = metadata.len();
         let resumed = self
             .resume
             .iter()
-            .position(|r| r.key.same_file(device, inode, &prefix))
+            .position(|r| r.key.device == device && r.key.inode == inode)
             .map(|i| self.resume.swap_remove(i));
+        let mut key = FileKey {
+            device,
+            inode,
+            fingerprint: crc32fast::hash(&prefix),
+            fingerprint_len: prefix.len() as u32,
+            born_ns: born,
+            generation: rand::random(),
+        };
         let start = match resumed {
-            Some(ref position) if position.offset <= len => position.offset,
-            Some(_) => 0,
+            Some(entry) => {
+                let before = read_before(&file, entry.offset);
+                match entry.resume_at(len, &prefix, born, &before) {
+                    // Keep the key the checkpoint knew, so positions stay
+                    // comparable.
+                    Resume::At(offset) => {
+                        key = entry.key;
+                        offset
+                    }
+                    Resume::FromStart(why) => {
+                        tracing::info!(path = %path.display(), reason = why, "not the file the checkpoint knew on this inode; reading it from its start");
+                        if self
+                            .events
+                            .send(Event::Released { key: entry.key })
+                            .is_err()
+                        {
+                            return false;
+                        }
+                        0
+                    }
+                }
+            }
             None if initial && self.first_run && self.config.start_at == StartAt::End => len,
             None => 0,
         };
-        // Keep the key the checkpoint knew, so positions stay comparable.
-        let key = resumed.map_or(key, |r| r.key);
         tracing::info!(path = %path.display(), offset = start, application = %self.apps[app].name, "watching log file");
         if self
             .events
             .send(Event::FilePath {
                 key,
                 path: path.display().to_string(),
+                application: self.apps[app].name.clone(),
             })
             .is_err()
         {
@@ -375,6 +604,7 @@ impl Tailer {
                 file,
                 committed: start,
                 read_pos: start,
+                size: len,
                 partial: Vec::new(),
                 partial_since: None,
                 cutting: false,
@@ -389,25 +619,40 @@ impl Tailer {
         true
     }
 
-    /// Hands lines to the batcher. `None` when the batcher is gone.
-    fn send_lines(&self, items: Vec<Item>, key: FileKey, offset: u64) -> Option<()> {
+    /// Hands lines to the batcher with the position after them in
+    /// `source` (the tracked file, or its copy after a copytruncate).
+    /// `None` when the batcher is gone.
+    fn send_lines(
+        &self,
+        items: Vec<Item>,
+        tracked: &Tracked,
+        source: &File,
+        offset: u64,
+    ) -> Option<()> {
         if items.is_empty() {
             return Some(());
         }
-        self.events.send(Event::Lines { items, key, offset }).ok()
+        self.events
+            .send(Event::Lines {
+                items,
+                key: tracked.key,
+                position: position(source, offset, tracked.size.max(offset)),
+            })
+            .ok()
     }
 
     /// Identifies `tracked` by its current first bytes and tells the
     /// batcher the new key. `None` when the batcher is gone.
     fn reidentify(&self, tracked: &mut Tracked) -> Option<()> {
         let mut prefix = vec![0u8; FINGERPRINT_BYTES];
-        let got = read_prefix(&tracked.file, &mut prefix);
+        let got = read_full_at(&tracked.file, &mut prefix, 0);
         tracked.key.fingerprint = crc32fast::hash(&prefix[..got]);
         tracked.key.fingerprint_len = got as u32;
         self.events
             .send(Event::FilePath {
                 key: tracked.key,
                 path: tracked.path.display().to_string(),
+                application: self.apps[tracked.app].name.clone(),
             })
             .ok()
     }
@@ -471,6 +716,7 @@ impl Tailer {
             // (`rewritten` above already ruled out a changed prefix.)
             self.reidentify(tracked)?;
         }
+        tracked.size = len;
         let mut budget = READ_BUDGET;
         let app = self.apps[tracked.app].clone();
         while tracked.read_pos < len && budget > 0 {
@@ -493,7 +739,7 @@ impl Tailer {
             let chunk = std::mem::take(&mut self.buffer);
             let (items, offset) = self.split_lines(tracked, &app, &chunk[..n]);
             self.buffer = chunk;
-            self.send_lines(items, tracked.key, offset)?;
+            self.send_lines(items, tracked, &tracked.file, offset)?;
         }
         Some(tracked.read_pos < len)
     }
@@ -529,7 +775,7 @@ impl Tailer {
                 continue;
             };
             let mut prefix = vec![0u8; fingerprint_len];
-            if read_prefix(&copy, &mut prefix) < fingerprint_len
+            if read_full_at(&copy, &mut prefix, 0) < fingerprint_len
                 || crc32fast::hash(&prefix) != tracked.key.fingerprint
             {
                 continue;
@@ -545,7 +791,7 @@ impl Tailer {
                 let chunk = std::mem::take(&mut self.buffer);
                 let (items, offset) = self.split_lines(tracked, &app, &chunk[..n]);
                 self.buffer = chunk;
-                self.send_lines(items, tracked.key, offset)?;
+                self.send_lines(items, tracked, &copy, offset)?;
             }
             // A last line without newline in the copy is complete now.
             if !tracked.partial.is_empty() {
@@ -555,7 +801,7 @@ impl Tailer {
                 let mut items = Vec::new();
                 let end = tracked.read_pos;
                 let committed = self.hold_or_emit(tracked, &app, Some(record), end, &mut items);
-                self.send_lines(items, tracked.key, committed)?;
+                self.send_lines(items, tracked, &copy, committed)?;
             }
             break;
         }
@@ -569,7 +815,7 @@ impl Tailer {
             return false;
         }
         let mut prefix = vec![0u8; len];
-        let got = read_prefix(&tracked.file, &mut prefix);
+        let got = read_full_at(&tracked.file, &mut prefix, 0);
         got < len || crc32fast::hash(&prefix) != tracked.key.fingerprint
     }
 
@@ -688,13 +934,7 @@ impl Tailer {
         if let Some((record, end)) = tracked.pending.take() {
             tracked.pending_since = None;
             tracked.committed = tracked.committed.max(end);
-            self.events
-                .send(Event::Lines {
-                    items: vec![Item::Log(record)],
-                    key: tracked.key,
-                    offset: end,
-                })
-                .ok()?;
+            self.send_lines(vec![Item::Log(record)], tracked, &tracked.file, end)?;
         }
         Some(())
     }
@@ -721,16 +961,9 @@ impl Tailer {
                 let committed =
                     self.hold_or_emit(&mut tracked, &app, Some(record), end, &mut items);
                 tracked.committed = tracked.committed.max(committed);
-                if !items.is_empty() {
-                    ok = self
-                        .events
-                        .send(Event::Lines {
-                            items,
-                            key: tracked.key,
-                            offset: tracked.committed,
-                        })
-                        .is_ok();
-                }
+                ok = self
+                    .send_lines(items, &tracked, &tracked.file, tracked.committed)
+                    .is_some();
             }
             ok = ok && self.flush_pending(&mut tracked, false).is_some();
             self.files.insert(id, tracked);
@@ -741,9 +974,12 @@ impl Tailer {
         true
     }
 
-    /// Closes files that left the globs (or were deleted) and are quiet.
-    fn release_finished(&mut self) {
+    /// Closes files that left the globs (or were deleted) and are quiet,
+    /// and tells the batcher, so their checkpoint entries leave once acked.
+    /// `false` when the batcher is gone.
+    fn release_finished(&mut self) -> bool {
         let now = Instant::now();
+        let mut released = Vec::new();
         self.files.retain(|_, tracked| {
             let deleted = tracked.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true);
             let gone_since = match (tracked.missing_since, deleted) {
@@ -756,23 +992,88 @@ impl Tailer {
             let at_end = tracked.partial.is_empty() && tracked.pending.is_none();
             if quiet && at_end {
                 tracing::info!(path = %tracked.path.display(), "released log file (rotated or deleted, read to its end)");
+                released.push(tracked.key);
                 false
             } else {
                 true
             }
         });
+        released
+            .into_iter()
+            .all(|key| self.events.send(Event::Released { key }).is_ok())
     }
 }
 
-fn read_prefix(file: &File, prefix: &mut [u8]) -> usize {
+/// Reads as much of `buf` as the file has at `at`; returns how many bytes.
+fn read_full_at(file: &File, buf: &mut [u8], at: u64) -> usize {
     let mut got = 0;
-    while got < prefix.len() {
-        match file.read_at(&mut prefix[got..], got as u64) {
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], at + got as u64) {
             Ok(0) | Err(_) => break,
             Ok(n) => got += n,
         }
     }
     got
+}
+
+/// The up to [`GUARD_BYTES`] bytes just before `offset`.
+fn read_before(file: &File, offset: u64) -> Vec<u8> {
+    let start = offset.saturating_sub(GUARD_BYTES as u64);
+    let mut before = vec![0u8; (offset - start) as usize];
+    let got = read_full_at(file, &mut before, start);
+    before.truncate(got);
+    before
+}
+
+/// A position with its guard (the CRC of the bytes before it).
+fn position(file: &File, offset: u64, size: u64) -> Position {
+    let before = read_before(file, offset);
+    Position {
+        offset,
+        guard: crc32fast::hash(&before),
+        guard_len: before.len() as u32,
+        size,
+    }
+}
+
+/// Birth time in nanoseconds since the epoch, where the filesystem
+/// records one (statx).
+fn born_ns(metadata: &Metadata) -> Option<u64> {
+    let born = metadata.created().ok()?;
+    let since = born.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_nanos()).ok()
+}
+
+fn is_compressed(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    COMPRESSED.iter().any(|suffix| name.ends_with(suffix))
+}
+
+/// Whether `path` is a rotated sibling of `base`: in the same directory,
+/// named `base.…` or `base-…` (`app.log.1`, `app.log-20261128`).
+fn is_rotation_of(path: &Path, base: &Path) -> bool {
+    if path.parent() != base.parent() || path == base {
+        return false;
+    }
+    let (Some(name), Some(base)) = (path.file_name(), base.file_name()) else {
+        return false;
+    };
+    let (name, base) = (name.to_string_lossy(), base.to_string_lossy());
+    name.strip_prefix(base.as_ref())
+        .is_some_and(|rest| rest.starts_with(['.', '-']))
+}
+
+/// A compressed rotated copy of `path` in its directory, if there is one.
+fn compressed_copy(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent()?;
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| is_compressed(p) && is_rotation_of(p, path))
 }
 
 /// A record from a line's bytes: CR stripped, invalid UTF-8 replaced, cut
