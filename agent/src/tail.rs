@@ -430,7 +430,10 @@ impl Tailer {
             let Some((path, metadata)) = nearby.get(&id) else {
                 continue;
             };
-            if globbed.contains(&id) || metadata.len() <= entry.offset {
+            if globbed.contains(&id)
+                || metadata.len() <= entry.offset
+                || identify(entry, path, metadata) != Some(Resume::At(entry.offset))
+            {
                 continue;
             }
             match self.app_of(entry) {
@@ -480,22 +483,22 @@ impl Tailer {
     /// compressed, while the agent was down) with lines it had not read is
     /// reported with what is known lost.
     fn forget_unused(&mut self) -> bool {
-        let unused = std::mem::take(&mut self.resume);
-        if unused.is_empty() {
+        if self.resume.is_empty() {
             return true;
         }
         let nearby = self.files_nearby();
-        for entry in unused {
+        for entry in std::mem::take(&mut self.resume) {
             let id = (entry.key.device, entry.key.inode);
-            if !nearby.contains_key(&id) && !self.files.contains_key(&id) {
-                let path = Path::new(&entry.path);
-                let compressed = compressed_copy(path);
-                tracing::warn!(
-                    path = %entry.path,
-                    read_up_to = entry.offset,
-                    known_unread_bytes = entry.size.saturating_sub(entry.offset),
-                    compressed_copy = %compressed.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
-                    "a log file was removed or compressed while the agent was not reading it; lines written to it after the saved position are lost (compressed files are not read)"
+            let same = match nearby.get(&id) {
+                Some((path, metadata)) => {
+                    identify(&entry, path, metadata) == Some(Resume::At(entry.offset))
+                }
+                None => false,
+            };
+            if !same && !self.files.contains_key(&id) {
+                report_lost(
+                    &entry,
+                    "it was removed or compressed while the agent was not reading it",
                 );
             }
             if self
@@ -569,6 +572,7 @@ impl Tailer {
                     }
                     Resume::FromStart(why) => {
                         tracing::info!(path = %path.display(), reason = why, "not the file the checkpoint knew on this inode; reading it from its start");
+                        report_lost(&entry, why);
                         if self
                             .events
                             .send(Event::Released { key: entry.key })
@@ -1042,6 +1046,31 @@ fn born_ns(metadata: &Metadata) -> Option<u64> {
     let born = metadata.created().ok()?;
     let since = born.duration_since(SystemTime::UNIX_EPOCH).ok()?;
     u64::try_from(since.as_nanos()).ok()
+}
+
+/// Whether the file at `path` is the one `entry` knew, and where to
+/// resume it. `None` if it cannot be read.
+fn identify(entry: &FileOffset, path: &Path, metadata: &Metadata) -> Option<Resume> {
+    let file = File::open(path).ok()?;
+    let mut prefix = vec![0u8; FINGERPRINT_BYTES];
+    let got = read_full_at(&file, &mut prefix, 0);
+    prefix.truncate(got);
+    let before = read_before(&file, entry.offset);
+    Some(entry.resume_at(metadata.len(), &prefix, born_ns(metadata), &before))
+}
+
+/// Reports a checkpointed file that is gone: what it had not read is
+/// lost, and what is known of it.
+fn report_lost(entry: &FileOffset, why: &str) {
+    let compressed = compressed_copy(Path::new(&entry.path));
+    tracing::warn!(
+        path = %entry.path,
+        read_up_to = entry.offset,
+        known_unread_bytes = entry.size.saturating_sub(entry.offset),
+        compressed_copy = %compressed.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+        reason = why,
+        "the file the checkpoint knew is gone; lines written to it after the saved position are lost (compressed files are not read)"
+    );
 }
 
 fn is_compressed(path: &Path) -> bool {

@@ -9,14 +9,14 @@ use std::time::Duration;
 use o1_tests::{Agent, Pki, Relay, WsClient, get_json, line_number, wait_for_host};
 use serde_json::json;
 
-const T: Duration = Duration::from_secs(20);
+pub(crate) const T: Duration = Duration::from_secs(20);
 const HISTORY: &str = "[history]\nlines_per_source = 20000\nbytes_per_source = 67108864\n";
 
-struct Setup {
-    dir: tempfile::TempDir,
-    pki: Pki,
-    relay: Relay,
-    log_dir: PathBuf,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) pki: Pki,
+    pub(crate) relay: Relay,
+    pub(crate) log_dir: PathBuf,
 }
 
 impl Setup {
@@ -35,7 +35,7 @@ impl Setup {
     }
 }
 
-fn setup() -> Setup {
+pub(crate) fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(dir.path()).unwrap();
     let relay = Relay::start(&dir.path().join("relay"), &pki, HISTORY).unwrap();
@@ -49,19 +49,19 @@ fn setup() -> Setup {
     }
 }
 
-fn agent_config(pattern: &Path, extra: &str) -> String {
+pub(crate) fn agent_config(pattern: &Path, extra: &str) -> String {
     format!(
         "[metrics]\nenabled = false\n\n[logs]\nstart_at = \"beginning\"\nrescan_interval_ms = 500\n\n[[application]]\nname = \"app\"\nlogs = [\"{}\"]\n\n{extra}",
         pattern.display()
     )
 }
 
-fn numbered(n: u64) -> String {
+pub(crate) fn numbered(n: u64) -> String {
     format!("line {n:08} {}\n", "x".repeat(60))
 }
 
 /// Collects line numbers until `last` arrives; fails on timeout.
-async fn collect_until(client: &mut WsClient, last: u64) -> Vec<u64> {
+pub(crate) async fn collect_until(client: &mut WsClient, last: u64) -> Vec<u64> {
     let mut seen = Vec::new();
     loop {
         let message = client
@@ -77,7 +77,7 @@ async fn collect_until(client: &mut WsClient, last: u64) -> Vec<u64> {
     }
 }
 
-fn assert_exactly(seen: &[u64], total: u64) {
+pub(crate) fn assert_exactly(seen: &[u64], total: u64) {
     let expected: Vec<u64> = (0..total).collect();
     if seen != expected {
         let mut sorted = seen.to_vec();
@@ -94,7 +94,7 @@ fn assert_exactly(seen: &[u64], total: u64) {
     }
 }
 
-async fn subscribe(relay: &Relay) -> WsClient {
+pub(crate) async fn subscribe(relay: &Relay) -> WsClient {
     let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
     client
         .subscribe(json!({"type": "subscribe-logs", "host": "tail-host", "tail": 20000}))
