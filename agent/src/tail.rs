@@ -344,7 +344,7 @@ impl Tailer {
             }
             new.push((app, path, metadata));
         }
-        new.sort_by_key(|(_, path, metadata)| (metadata.modified().ok(), path.clone()));
+        new.sort_by_key(rotation_order);
         for (app, path, metadata) in new {
             if !self.track(app, &path, &metadata, initial) {
                 return false;
@@ -469,7 +469,7 @@ impl Tailer {
                 }
             }
         }
-        found.sort_by_key(|(_, path, metadata)| (metadata.modified().ok(), path.clone()));
+        found.sort_by_key(rotation_order);
         for (app, path, metadata) in found {
             if !self.track(app, &path, &metadata, true) {
                 return false;
@@ -1006,6 +1006,17 @@ impl Tailer {
             .into_iter()
             .all(|key| self.events.send(Event::Released { key }).is_ok())
     }
+}
+
+/// The order files of one application were written in: least recently
+/// written first, and empty files last. An application goes on writing to
+/// a renamed file until it reopens its log, so a new, still empty file can
+/// be older than the last write to the one it replaces; its lines will
+/// come after.
+fn rotation_order(
+    (_, path, metadata): &(usize, PathBuf, Metadata),
+) -> (bool, Option<SystemTime>, PathBuf) {
+    (metadata.len() == 0, metadata.modified().ok(), path.clone())
 }
 
 /// Reads as much of `buf` as the file has at `at`; returns how many bytes.

@@ -127,27 +127,30 @@ async fn rotation_delete_and_inode_reuse_every_cycle_with_kills_repeats_nothing(
     let mut seen = Vec::new();
     let mut next = 0u64;
     for cycle in 0..14u64 {
+        if cycle > 0 {
+            let rotated = s.log_dir.join("app.log.1");
+            std::fs::rename(&log, &rotated).unwrap();
+            std::fs::remove_file(&rotated).unwrap();
+            let got = create_reusing(&log, &used);
+            if !used.insert(got) {
+                reused += 1;
+            }
+            std::fs::write(&log, header()).unwrap();
+        }
         // Cycles of different lengths, so a stale position of an earlier
         // life of an inode is never right for a later one by chance.
         let count = 300 + (cycle * 211) % 900;
         append(&log, next, next + count);
         next += count;
         seen.extend(collect_until(&mut client, next - 1).await);
-        let rotated = s.log_dir.join("app.log.1");
-        std::fs::rename(&log, &rotated).unwrap();
-        std::fs::remove_file(&rotated).unwrap();
-        let got = create_reusing(&log, &used);
-        if !used.insert(got) {
-            reused += 1;
-        }
-        std::fs::write(&log, header()).unwrap();
-        if cycle >= 6 && cycle % 2 == 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if cycle >= 5 && cycle % 2 == 1 {
+            // Acknowledged and checkpointed, then killed.
+            tokio::time::sleep(Duration::from_millis(400)).await;
             tokio::task::block_in_place(|| agent.kill_and_restart()).unwrap();
         } else {
             // The agent lets deleted files go after a quiet while; the
             // next files can then reuse their inodes.
-            tokio::time::sleep(Duration::from_millis(900)).await;
+            tokio::time::sleep(Duration::from_millis(800)).await;
         }
     }
     assert!(reused >= 3, "inodes were reused {reused} times");
@@ -157,9 +160,10 @@ async fn rotation_delete_and_inode_reuse_every_cycle_with_kills_repeats_nothing(
 
 /// Writes `total` lines at about 2,000 a second, rotating every
 /// `every` lines like logrotate (`app.log.2` → `app.log.3`, `app.log.1` →
-/// `app.log.2`, `app.log` → `app.log.1`, a new `app.log`); the writer keeps
-/// writing 50 lines to the renamed file before it reopens. Tells `rotated`
-/// after each rotation.
+/// `app.log.2`, `app.log` → `app.log.1`, a new `app.log`). Tells `rotated`
+/// right after each rename; the writer then goes on writing 300 lines
+/// (150 ms) to the renamed file before it reopens its log, as an
+/// application told by a postrotate signal does.
 fn write_rotating(path: PathBuf, total: u64, every: u64, rotated: mpsc::Sender<u64>) {
     let open = |path: &Path| {
         OpenOptions::new()
@@ -171,24 +175,23 @@ fn write_rotating(path: PathBuf, total: u64, every: u64, rotated: mpsc::Sender<u
     let name = |k: u64| path.with_extension(format!("log.{k}"));
     let mut file = open(&path);
     let mut rotations = 0;
-    let mut n = 0;
-    while n < total {
+    let mut reopen_at = None;
+    for n in 0..total {
         if n > 0 && n % every == 0 {
             for k in (1..=rotations.min(5)).rev() {
                 let _ = std::fs::rename(name(k), name(k + 1));
             }
             std::fs::rename(&path, name(1)).unwrap();
             File::create(&path).unwrap();
-            for _ in 0..50 {
-                file.write_all(numbered(n).as_bytes()).unwrap();
-                n += 1;
-            }
-            file = open(&path);
             rotations += 1;
             let _ = rotated.send(rotations);
+            reopen_at = Some(n + 300);
+        }
+        if reopen_at == Some(n) {
+            file = open(&path);
+            reopen_at = None;
         }
         file.write_all(numbered(n).as_bytes()).unwrap();
-        n += 1;
         if n % 2 == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -87,8 +87,14 @@ pub(crate) fn assert_exactly(seen: &[u64], total: u64) {
             .iter()
             .filter(|n| sorted.binary_search(n).is_err())
             .count();
+        let first = seen
+            .iter()
+            .zip(expected.iter())
+            .position(|(a, b)| a != b)
+            .unwrap_or(seen.len().min(expected.len()));
+        let around = &seen[first.saturating_sub(3)..(first + 5).min(seen.len())];
         panic!(
-            "expected 0..{total} once each in order: {} lines, {duplicates} repeated, {missing} missing",
+            "expected 0..{total} once each in order: {} lines, {duplicates} repeated, {missing} missing; first difference at index {first}: {around:?}",
             seen.len()
         );
     }
