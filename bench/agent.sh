@@ -115,9 +115,11 @@ with open(path, "w") as f:
 PY
 SIZE=$(stat -c %s "$DIR/big.log")
 processed() { curl -s http://127.0.0.1:3910/api/websocket/stats | python3 -c 'import sys,json; print(json.load(sys.stdin)["batcherStats"]["messagesProcessed"])'; }
-for run in 1 2 3; do
+# One run of an agent binary ($2) labelled $1 over the whole file.
+o1_run() {
+  local label=$1 bin=$2 run=$3
   base=$(processed)
-  agent_config "$DIR/state-tail-$run" "
+  agent_config "$DIR/state-tail-$label-$run" "
 [metrics]
 enabled = false
 [logs]
@@ -127,14 +129,23 @@ name = \"big\"
 logs = [\"$DIR/big.log\"]
 " > "$DIR/agent-tail.toml"
   start=$(date +%s.%N)
-  RUST_LOG=warn $BIN/o1-agent --config "$DIR/agent-tail.toml" 2> "$DIR/agent-tail.err" &
+  RUST_LOG=warn $bin --config "$DIR/agent-tail.toml" 2> "$DIR/agent-tail.err" &
   AGENT=$!
   while [ "$(( $(processed) - base ))" -lt "$LINES" ]; do sleep 0.05; done
   end=$(date +%s.%N)
   acpu=$(cpu_seconds $AGENT)
   kill $AGENT; wait $AGENT 2>/dev/null || true
-  awk -v s="$start" -v e="$end" -v n="$LINES" -v b="$SIZE" -v c="$acpu" 'BEGIN { t=e-s; printf "o1 run=%d lines/s=%.0f MiB/s=%.1f seconds=%.2f agent_cpu=%.2fs\n", '"$run"', n/t, b/t/1048576, t, c }'
+  awk -v s="$start" -v e="$end" -v n="$LINES" -v b="$SIZE" -v c="$acpu" 'BEGIN { t=e-s; printf "%s run=%d lines/s=%.0f MiB/s=%.1f seconds=%.2f agent_cpu=%.2fs\n", "'"$label"'", '"$run"', n/t, b/t/1048576, t, c }'
+}
+# BASELINE_AGENT=path/to/an/older/o1-agent: runs it too, alternating, for
+# a same-session ratio.
+for run in 1 2 3; do
+  o1_run o1 "$BIN/o1-agent" "$run"
+  if [ -n "${BASELINE_AGENT:-}" ]; then o1_run baseline "$BASELINE_AGENT" "$run"; fi
 done
+if ! command -v rsyslogd >/dev/null 2>&1; then
+  echo "rsyslogd not installed: rsyslog baseline skipped"
+else
 # rsyslog baseline: imfile -> omfwd TCP -> a counting sink.
 for run in 1 2 3; do
   python3 - "$DIR/sink.port" "$LINES" > "$DIR/sink.out" <<'PY' &
@@ -170,6 +181,8 @@ CONF
   rm -f "$DIR/sink.port"
   awk -v s="$start" -v e="$end" -v n="$got" -v b="$SIZE" -v total="$LINES" -v c="$rcpu" 'BEGIN { t=e-s; printf "rsyslog run=%d lines/s=%.0f MiB/s=%.1f seconds=%.2f delivered=%d/%d rsyslog_cpu=%.2fs\n", '"$run"', n/t, b/t/1048576, t, n, total, c }'
 done
+
+fi
 
 fi
 

@@ -156,6 +156,18 @@ async fn rotation_delete_and_inode_reuse_every_cycle_with_kills_repeats_nothing(
     assert!(reused >= 3, "inodes were reused {reused} times");
     assert_exactly(&seen, next);
     no_more_lines(&mut client, Duration::from_millis(2000)).await;
+    // The checkpoint forgets the deleted files once they are released: it
+    // ends with the current file alone, not one entry per rotation.
+    let checkpoint = agent_dir.join("state/checkpoint.json");
+    let current = inode(&log);
+    o1_tests::eventually(Duration::from_secs(20), || async {
+        let text = std::fs::read_to_string(&checkpoint).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let files = value["files"].as_array()?;
+        (files.len() == 1 && files[0]["key"]["inode"] == current).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", std::fs::read_to_string(&checkpoint)));
 }
 
 /// Writes `total` lines at about 2,000 a second, rotating every
