@@ -16,6 +16,7 @@
 //! position; it is written atomically (write, fsync, rename, fsync dir),
 //! and 0600.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -152,11 +153,30 @@ impl FileOffset {
     }
 }
 
+/// What one batch moved: file positions (and releases) and journal
+/// cursors. Spooled with the batch, applied to the checkpoint once acked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Positions {
+    pub files: Vec<FileOffset>,
+    /// (application, cursor of the last journal entry in the batch).
+    pub journals: Vec<(String, String)>,
+}
+
+impl Positions {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.journals.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Highest batch sequence the relay acknowledged.
     pub acked_sequence: u64,
     pub files: Vec<FileOffset>,
+    /// Per application, the journal cursor after its last acknowledged
+    /// entry.
+    #[serde(default)]
+    pub journals: BTreeMap<String, String>,
 }
 
 impl Checkpoint {
@@ -164,8 +184,9 @@ impl Checkpoint {
     /// be applied later ([`Checkpoint::apply`]): for one inode, the same key
     /// keeps the furthest offset; another key (a new life of the inode, or
     /// new first bytes) replaces it; a release replaces only its own key.
-    pub fn merge(&mut self, offsets: &[FileOffset]) {
-        for offset in offsets {
+    /// A later journal cursor replaces an earlier one.
+    pub fn merge(&mut self, positions: &Positions) {
+        for offset in &positions.files {
             let existing = self
                 .files
                 .iter_mut()
@@ -185,13 +206,24 @@ impl Checkpoint {
                 Some(existing) => *existing = offset.clone(),
             }
         }
+        for (application, cursor) in &positions.journals {
+            self.journals.insert(application.clone(), cursor.clone());
+        }
     }
 
     /// Merges positions and drops released entries: the checkpoint after
     /// these batches were acknowledged.
-    pub fn apply(&mut self, offsets: &[FileOffset]) {
-        self.merge(offsets);
+    pub fn apply(&mut self, positions: &Positions) {
+        self.merge(positions);
         self.files.retain(|f| !f.released);
+    }
+
+    /// The accumulated positions (releases kept), to apply elsewhere.
+    pub fn into_positions(self) -> Positions {
+        Positions {
+            files: self.files,
+            journals: self.journals.into_iter().collect(),
+        }
     }
 }
 
@@ -251,6 +283,27 @@ mod tests {
         }
     }
 
+    fn files(files: Vec<FileOffset>) -> Positions {
+        Positions {
+            files,
+            journals: vec![],
+        }
+    }
+
+    #[test]
+    fn the_latest_journal_cursor_wins() {
+        let mut checkpoint = Checkpoint::default();
+        let cursor = |app: &str, c: &str| Positions {
+            files: vec![],
+            journals: vec![(app.into(), c.into())],
+        };
+        checkpoint.apply(&cursor("a", "c1"));
+        checkpoint.apply(&cursor("b", "x1"));
+        checkpoint.apply(&cursor("a", "c2"));
+        assert_eq!(checkpoint.journals["a"], "c2");
+        assert_eq!(checkpoint.journals["b"], "x1");
+    }
+
     fn at(inode: u64, generation: u64, offset: u64) -> FileOffset {
         FileOffset {
             key: key(inode, generation),
@@ -267,15 +320,15 @@ mod tests {
     #[test]
     fn merge_keeps_the_furthest_offset_and_a_new_life_replaces_a_stale_one() {
         let mut checkpoint = Checkpoint::default();
-        checkpoint.merge(&[at(1, 7, 100), at(2, 8, 5)]);
-        checkpoint.merge(&[at(1, 7, 50)]);
+        checkpoint.merge(&files(vec![at(1, 7, 100), at(2, 8, 5)]));
+        checkpoint.merge(&files(vec![at(1, 7, 50)]));
         assert_eq!(
             checkpoint.files[0].offset, 100,
             "an older position of one life does not win"
         );
         // The same inode, same first bytes, tracked anew (inode reuse):
         // its smaller position replaces the stale larger one.
-        checkpoint.merge(&[at(1, 9, 3)]);
+        checkpoint.merge(&files(vec![at(1, 9, 3)]));
         assert_eq!(checkpoint.files[0], at(1, 9, 3));
         assert_eq!(checkpoint.files.len(), 2);
     }
@@ -325,12 +378,12 @@ mod tests {
         ];
         for (name, before, batches, expected) in cases {
             let mut pending = Checkpoint::default();
-            pending.merge(batches);
+            pending.merge(&files(batches.clone()));
             let mut checkpoint = Checkpoint {
-                acked_sequence: 0,
                 files: before.clone(),
+                ..Checkpoint::default()
             };
-            checkpoint.apply(&pending.files);
+            checkpoint.apply(&pending.into_positions());
             assert_eq!(&checkpoint.files, expected, "{name}");
         }
     }
@@ -418,6 +471,7 @@ mod tests {
         let checkpoint = Checkpoint {
             acked_sequence: 42,
             files: vec![at(1, 2, 3)],
+            journals: BTreeMap::from([("app".to_owned(), "s=1;i=2".to_owned())]),
         };
         store(&path, &checkpoint).unwrap();
         assert_eq!(load(&path).unwrap(), Some(checkpoint));

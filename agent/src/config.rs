@@ -226,6 +226,50 @@ pub struct ApplicationConfig {
     pub logs: Vec<String>,
     #[serde(default = "default_multiline")]
     pub multiline: Multiline,
+    /// Entries of the systemd journal to ship as this application's logs.
+    pub journal: Option<JournalConfig>,
+}
+
+/// `journal = { units = ["myapp.service"], identifiers = [], min_priority
+/// = "info", directory = "/path" }`: which journal entries are an
+/// application's logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// systemd units (`_SYSTEMD_UNIT`, and systemd's own messages about
+    /// them); a name without a suffix means `.service`.
+    #[serde(default)]
+    pub units: Vec<String>,
+    /// Syslog identifiers (`SYSLOG_IDENTIFIER`), e.g. for cron jobs.
+    #[serde(default)]
+    pub identifiers: Vec<String>,
+    /// Least important priority shipped: emerg, alert, crit, err, warning,
+    /// notice, info (default) or debug, or 0–7.
+    #[serde(default = "default_min_priority")]
+    pub min_priority: String,
+    /// Read journal files from this directory instead of the system's
+    /// journal (a copied journal; tests).
+    pub directory: Option<PathBuf>,
+}
+
+fn default_min_priority() -> String {
+    "info".into()
+}
+
+/// A syslog priority by name or number: 0 (emerg) … 7 (debug).
+pub fn parse_priority(text: &str) -> Option<u8> {
+    let priority = match text.trim().to_ascii_lowercase().as_str() {
+        "emerg" | "emergency" | "panic" => 0,
+        "alert" => 1,
+        "crit" | "critical" => 2,
+        "err" | "error" => 3,
+        "warning" | "warn" => 4,
+        "notice" => 5,
+        "info" => 6,
+        "debug" => 7,
+        number => number.parse().ok().filter(|n: &u8| *n <= 7)?,
+    };
+    Some(priority)
 }
 
 fn default_multiline() -> Multiline {
@@ -317,6 +361,23 @@ impl AgentConfig {
                     format!("`{}` is configured twice", app.name),
                 ));
             }
+            if let Some(journal) = &app.journal {
+                if journal.units.is_empty() && journal.identifiers.is_empty() {
+                    return Err(invalid(
+                        format!("application[{i}].journal"),
+                        "name at least one unit or identifier",
+                    ));
+                }
+                if parse_priority(&journal.min_priority).is_none() {
+                    return Err(invalid(
+                        format!("application[{i}].journal.min_priority"),
+                        format!(
+                            "`{}` is not a priority: emerg, alert, crit, err, warning, notice, info, debug or 0-7",
+                            journal.min_priority
+                        ),
+                    ));
+                }
+            }
             let matchers = [&app.process_name, &app.cmdline, &app.systemd_unit]
                 .iter()
                 .filter(|m| m.is_some())
@@ -372,6 +433,18 @@ mod tests {
                 "application[1].name",
             ),
             ("[logs]\nwatch = \"magic\"\n", "watch"),
+            (
+                "[[application]]\nname = \"a\"\njournal = { units = [] }\n",
+                "application[0].journal",
+            ),
+            (
+                "[[application]]\nname = \"a\"\njournal = { units = [\"a\"], min_priority = \"loud\" }\n",
+                "application[0].journal.min_priority",
+            ),
+            (
+                "[[application]]\nname = \"a\"\njournal = { unit = [\"a\"] }\n",
+                "unit",
+            ),
         ];
         for (text, key) in table {
             let error = load(text).expect_err(text).to_string();

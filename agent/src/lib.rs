@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod deploy;
+pub mod journal;
 pub mod level;
 pub mod metrics;
 pub mod pipeline;
@@ -166,6 +167,25 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                 .spawn(move || tailer.run(stop))?,
         );
     }
+    let mut journals = Vec::new();
+    for app in &config.applications {
+        let Some(journal) = &app.journal else {
+            continue;
+        };
+        let reader = journal::JournalReader {
+            source: journal::JournalSource::new(&app.name, journal, config.logs.max_line_bytes),
+            cursor: resume.journals.get(&app.name).cloned(),
+            start_at: config.logs.start_at,
+            events: events.clone(),
+            handle: journal::StopHandle::default(),
+        };
+        journals.push(reader.handle.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("o1-journal-{}", app.name))
+                .spawn(move || reader.run())?,
+        );
+    }
     if config.metrics.enabled {
         let sampler = metrics::Sampler::new(
             &config.metrics.disk_path,
@@ -214,6 +234,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     shutdown.cancelled().await;
     tracing::info!("o1-agent stopping");
     stop.store(true, Ordering::Relaxed);
+    for journal in &journals {
+        journal.stop();
+    }
     drop(metrics_stop);
     let _ = tokio::task::spawn_blocking(move || {
         for thread in threads {

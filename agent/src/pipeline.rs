@@ -20,7 +20,7 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{self, Checkpoint, FileKey, FileOffset};
+use crate::checkpoint::{self, Checkpoint, FileKey, FileOffset, Positions};
 use crate::config::BatchConfig;
 use crate::spool::Spool;
 use crate::uplink::{self, UplinkError, UplinkSettings};
@@ -46,6 +46,12 @@ pub enum Event {
     /// The tailer let the file go: its checkpoint entry leaves once the
     /// batches before this are acknowledged.
     Released { key: FileKey },
+    /// Journal entries of one application, and the cursor after them.
+    Journal {
+        items: Vec<Item>,
+        application: String,
+        cursor: String,
+    },
     /// Metric samples or deployment events.
     Items(Vec<Item>),
 }
@@ -85,6 +91,8 @@ struct Filling {
     /// only its newest key and position.
     positions: HashMap<(u64, u64), (FileKey, Position)>,
     released: Vec<FileKey>,
+    /// Journal cursors after the batch's entries, per application.
+    journals: HashMap<String, String>,
     /// Path and application of every tracked file (forgotten on release).
     files: HashMap<FileKey, (String, String)>,
 }
@@ -116,6 +124,15 @@ impl Filling {
                 return;
             }
             Event::Released { key } => self.released.push(key),
+            Event::Journal {
+                items,
+                application,
+                cursor,
+            } => {
+                self.bytes += items.iter().map(item_size).sum::<usize>();
+                self.items.extend(items);
+                self.journals.insert(application, cursor);
+            }
             Event::Items(more) => {
                 self.bytes += more.iter().map(item_size).sum::<usize>();
                 self.items.extend(more);
@@ -124,9 +141,9 @@ impl Filling {
         self.opened_at.get_or_insert_with(Instant::now);
     }
 
-    /// The batch's items and file positions (releases last), leaving the
-    /// batcher empty.
-    fn take(&mut self) -> (Vec<Item>, Vec<FileOffset>) {
+    /// The batch's items and the positions they reach (releases last),
+    /// leaving the batcher empty.
+    fn take(&mut self) -> (Vec<Item>, Positions) {
         let mut offsets: Vec<FileOffset> = self
             .positions
             .drain()
@@ -150,7 +167,11 @@ impl Filling {
         }
         self.bytes = 0;
         self.opened_at = None;
-        (std::mem::take(&mut self.items), offsets)
+        let positions = Positions {
+            files: offsets,
+            journals: self.journals.drain().collect(),
+        };
+        (std::mem::take(&mut self.items), positions)
     }
 
     fn is_empty(&self) -> bool {
@@ -172,9 +193,9 @@ pub fn run_batcher(
         if filling.is_empty() {
             return;
         }
-        let (batch, offsets) = filling.take();
+        let (batch, positions) = filling.take();
         let count = batch.len() as u64;
-        let result = lock(&spool).append(batch, offsets);
+        let result = lock(&spool).append_batch(batch, positions);
         match result {
             Ok(_) => {
                 stats.batches_spooled.fetch_add(1, Ordering::Relaxed);
@@ -386,13 +407,13 @@ async fn ship(
         tokio::select! {
             ack = session.next_ack() => {
                 let sequence = ack?;
-                let offsets = lock(spool).ack(sequence);
+                let positions = lock(spool).ack(sequence);
                 stats.batches_acked.fetch_add(1, Ordering::Relaxed);
                 let mut state = acked.lock().unwrap_or_else(|p| p.into_inner());
                 state.checkpoint.acked_sequence = state.checkpoint.acked_sequence.max(sequence);
                 state.dirty = true;
-                if !offsets.is_empty() {
-                    state.checkpoint.apply(&offsets);
+                if !positions.is_empty() {
+                    state.checkpoint.apply(&positions);
                     state.offsets_dirty = true;
                     acked_notify.notify_one();
                 }

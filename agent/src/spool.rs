@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use o1_common::wire::{self, AgentMessage, Batch, Item};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, FileKey, FileOffset};
+use crate::checkpoint::{Checkpoint, FileKey, FileOffset, Positions};
 
 #[derive(Debug, Clone, Copy)]
 pub struct SpoolLimits {
@@ -54,7 +54,7 @@ struct RecordHeader {
     items: u32,
     /// The drop count this batch reports, carried on if it is dropped too.
     dropped_items: u64,
-    offsets: Vec<FileOffset>,
+    positions: Positions,
 }
 
 /// The first version's header (before birth times, guards and releases),
@@ -88,27 +88,30 @@ impl From<RecordHeaderV1> for RecordHeader {
             sequence: v1.sequence,
             items: v1.items,
             dropped_items: v1.dropped_items,
-            offsets: v1
-                .offsets
-                .into_iter()
-                .map(|o| FileOffset {
-                    key: FileKey {
-                        device: o.key.device,
-                        inode: o.key.inode,
-                        fingerprint: o.key.fingerprint,
-                        fingerprint_len: o.key.fingerprint_len,
-                        born_ns: None,
-                        generation: 0,
-                    },
-                    offset: o.offset,
-                    path: o.path,
-                    application: String::new(),
-                    guard: 0,
-                    guard_len: 0,
-                    size: 0,
-                    released: false,
-                })
-                .collect(),
+            positions: Positions {
+                journals: Vec::new(),
+                files: v1
+                    .offsets
+                    .into_iter()
+                    .map(|o| FileOffset {
+                        key: FileKey {
+                            device: o.key.device,
+                            inode: o.key.inode,
+                            fingerprint: o.key.fingerprint,
+                            fingerprint_len: o.key.fingerprint_len,
+                            born_ns: None,
+                            generation: 0,
+                        },
+                        offset: o.offset,
+                        path: o.path,
+                        application: String::new(),
+                        guard: 0,
+                        guard_len: 0,
+                        size: 0,
+                        released: false,
+                    })
+                    .collect(),
+            },
         }
     }
 }
@@ -139,7 +142,7 @@ struct Record {
     frame_len: u32,
     items: u32,
     dropped_items: u64,
-    offsets: Vec<FileOffset>,
+    positions: Positions,
 }
 
 /// What opening found.
@@ -216,7 +219,7 @@ impl Spool {
                             frame_len,
                             items: header.items,
                             dropped_items: header.dropped_items,
-                            offsets: header.offsets,
+                            positions: header.positions,
                         });
                         at += total;
                     }
@@ -301,17 +304,26 @@ impl Spool {
 
     /// Positions after every batch not yet acknowledged, merged: where
     /// tailing resumes after a restart (on top of the checkpoint).
-    pub fn pending_offsets(&self) -> Vec<FileOffset> {
+    pub fn pending_offsets(&self) -> Positions {
         let mut merged = Checkpoint::default();
         for record in self.records.iter().filter(|r| r.sequence > self.acked) {
-            merged.merge(&record.offsets);
+            merged.merge(&record.positions);
         }
-        merged.files
+        merged.into_positions()
     }
 
-    /// Writes a batch; returns its sequence.
+    /// Writes a batch with file positions only; returns its sequence.
     pub fn append(&mut self, items: Vec<Item>, offsets: Vec<FileOffset>) -> io::Result<u64> {
-        let sequence = self.write_record(items, offsets, 0)?;
+        let positions = Positions {
+            files: offsets,
+            journals: Vec::new(),
+        };
+        self.append_batch(items, positions)
+    }
+
+    /// Writes a batch and the positions it moved; returns its sequence.
+    pub fn append_batch(&mut self, items: Vec<Item>, positions: Positions) -> io::Result<u64> {
+        let sequence = self.write_record(items, positions, 0)?;
         self.enforce_limit()?;
         self.maybe_sync()?;
         Ok(sequence)
@@ -320,7 +332,7 @@ impl Spool {
     fn write_record(
         &mut self,
         items: Vec<Item>,
-        offsets: Vec<FileOffset>,
+        positions: Positions,
         dropped_items: u64,
     ) -> io::Result<u64> {
         let sequence = self.next_sequence;
@@ -336,7 +348,7 @@ impl Spool {
             sequence,
             items: item_count,
             dropped_items,
-            offsets,
+            positions,
         };
         let mut header_bytes = HEADER_V2.to_vec();
         header_bytes = postcard::to_extend(&header, header_bytes).map_err(io::Error::other)?;
@@ -372,7 +384,7 @@ impl Spool {
             frame_len: frame.len() as u32,
             items: item_count,
             dropped_items,
-            offsets: header.offsets,
+            positions: header.positions,
         });
         self.next_sequence += 1;
         Ok(sequence)
@@ -428,9 +440,9 @@ impl Spool {
                 dropped_items = dropped,
                 "spool full: dropped the oldest unsent items"
             );
-            self.write_record(Vec::new(), Vec::new(), dropped + carried)?;
+            self.write_record(Vec::new(), Positions::default(), dropped + carried)?;
         } else if carried > 0 {
-            self.write_record(Vec::new(), Vec::new(), carried)?;
+            self.write_record(Vec::new(), Positions::default(), carried)?;
         }
         Ok(())
     }
@@ -472,10 +484,10 @@ impl Spool {
 
     /// Marks everything up to `sequence` acknowledged; returns the file
     /// positions those batches reached, for the checkpoint.
-    pub fn ack(&mut self, sequence: u64) -> Vec<FileOffset> {
+    pub fn ack(&mut self, sequence: u64) -> Positions {
         let sequence = sequence.min(self.next_sequence.saturating_sub(1));
         if sequence <= self.acked {
-            return Vec::new();
+            return Positions::default();
         }
         let mut merged = Checkpoint::default();
         for record in self
@@ -483,10 +495,10 @@ impl Spool {
             .iter()
             .filter(|r| r.sequence > self.acked && r.sequence <= sequence)
         {
-            merged.merge(&record.offsets);
+            merged.merge(&record.positions);
         }
         self.acked = sequence;
-        merged.files
+        merged.into_positions()
     }
 
     /// Deletes segments whose batches are all acknowledged up to `upto`
@@ -645,7 +657,7 @@ mod tests {
         let (mut spool, recovery) = Spool::open(dir.path(), limits(1 << 20, 64 << 10), 0).unwrap();
         assert_eq!(recovery.records, 1, "nothing cut: {recovery:?}");
         assert_eq!(batch_of(&spool, 1).items, vec![line(0)]);
-        let pending = spool.pending_offsets();
+        let pending = spool.pending_offsets().files;
         assert_eq!(pending.len(), 1);
         assert_eq!((pending[0].key.inode, pending[0].offset), (2, 500));
         assert_eq!(pending[0].key.born_ns, None);
@@ -657,7 +669,7 @@ mod tests {
         let (spool, recovery) = Spool::open(dir.path(), limits(1 << 20, 64 << 10), 0).unwrap();
         assert_eq!(recovery.records, 2);
         assert!(
-            spool.pending_offsets().iter().all(|o| o.released),
+            spool.pending_offsets().files.iter().all(|o| o.released),
             "the release is kept"
         );
     }

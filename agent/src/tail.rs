@@ -1116,20 +1116,38 @@ fn compressed_copy(path: &Path) -> Option<PathBuf> {
         .find(|p| is_compressed(p) && is_rotation_of(p, path))
 }
 
+/// `message` cut to at most `max` bytes, on a character boundary, and
+/// marked `…[truncated]`, if it is longer.
+pub fn cut_message(message: String, max: usize) -> String {
+    if message.len() > max {
+        cut_to(message, max)
+    } else {
+        message
+    }
+}
+
+fn cut_to(mut message: String, max: usize) -> String {
+    let mut end = max.min(message.len());
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(TRUNCATED_MARK);
+    message
+}
+
 /// A record from a line's bytes: CR stripped, invalid UTF-8 replaced, cut
 /// at `max` bytes with a mark, level detected.
 fn make_record(app: &AppLogs, bytes: &[u8], max: usize) -> LogRecord {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-    let mut message = if bytes.len() > max {
-        let mut cut = String::from_utf8_lossy(&bytes[..max]).into_owned();
-        cut.push_str(TRUNCATED_MARK);
-        cut
+    // Lossy conversion can make the text longer than the bytes (an
+    // invalid byte becomes a 3-byte U+FFFD): cut the text, not the bytes.
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
+    let message = if bytes.len() > max || text.len() > max {
+        cut_to(text, max)
     } else {
-        String::from_utf8_lossy(bytes).into_owned()
+        text
     };
-    if message.len() > max + TRUNCATED_MARK.len() + 8 {
-        message.truncate(max);
-    }
     LogRecord {
         application: app.name.clone(),
         timestamp_ms: now_millis(),
@@ -1175,5 +1193,16 @@ mod tests {
             record.message,
             format!("{}{TRUNCATED_MARK}", "x".repeat(64))
         );
+        // Invalid bytes grow three-fold as U+FFFD: cut on a character
+        // boundary, never a panic.
+        for len in [10, 63, 64, 65, 30_000] {
+            let record = make_record(&app, &vec![0xff; len], 64);
+            assert!(record.message.len() <= 64 + TRUNCATED_MARK.len(), "{len}");
+            assert_eq!(
+                record.message.ends_with(TRUNCATED_MARK),
+                len * 3 > 64,
+                "{len}"
+            );
+        }
     }
 }
