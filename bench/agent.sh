@@ -3,14 +3,15 @@
 #  1. metrics cost: o1-agent (3 applications, 1 s interval) vs collectd
 #     (Interval 1; cpu, memory, df, interface), CPU time and RSS over 60 s;
 #  2. file → relay throughput of 100-byte lines vs rsyslog imfile → TCP;
-#  3. agent CPU and RSS while idle-tailing 100 files.
+#  3. agent CPU and RSS while idle-tailing 100 files;
+#  4. journald entries (journalctl child) vs the same lines from a file.
 # Usage: bench/agent.sh [seconds] [lines]   (needs: collectd-core rsyslog)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TO_MEASURE=${1:-60}
 LINES=${2:-2000000}
 # Which sections to run (default all): e.g. SECTIONS="1" bench/agent.sh 60
-SECTIONS=${SECTIONS:-"1 2 3"}
+SECTIONS=${SECTIONS:-"1 2 3 4"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 cargo build --release --bins -q
 BIN=$PWD/target/release
@@ -204,4 +205,55 @@ a0=$(cpu_seconds $AGENT)
 sleep "$SECONDS_TO_MEASURE"
 a1=$(cpu_seconds $AGENT)
 awk -v a0="$a0" -v a1="$a1" -v s="$SECONDS_TO_MEASURE" -v r="$(rss_kib $AGENT)" 'BEGIN { printf "o1-agent idle 100 files cpu=%.4f%% of one core rss=%.1fMiB\n", (a1-a0)/s*100, r/1024 }'
+fi
+
+if want 4; then
+N=${JOURNAL_ENTRIES:-200000}
+echo "## 4. journald entries vs the same lines from a file, $N each"
+# Realistic lines: a timestamp, a level, a request (about 100 bytes).
+python3 - "$DIR" "$N" <<'PY'
+import sys, struct
+d, n = sys.argv[1], int(sys.argv[2])
+levels = ["INFO", "INFO", "INFO", "WARN", "ERROR"]
+t0 = 1_764_000_000_000_000
+with open(f"{d}/lines.log", "w") as text, open(f"{d}/entries.export", "wb") as export:
+    for i in range(n):
+        level = levels[i % 5]
+        line = f"2026-11-28T14:{(i // 60000) % 60:02d}:{(i // 1000) % 60:02d}.{i % 1000:03d}Z {level} GET /api/v1/items/{i} 200 3.{i % 10}ms user=alice req={i:08x}"
+        text.write(line + "\n")
+        prio = {"INFO": 6, "WARN": 4, "ERROR": 3}[level]
+        export.write(f"__REALTIME_TIMESTAMP={t0 + i}\n__MONOTONIC_TIMESTAMP={i + 1}\n_BOOT_ID=0123456789abcdef0123456789abcdef\nMESSAGE={line}\nPRIORITY={prio}\n_SYSTEMD_UNIT=bench.service\n\n".encode())
+PY
+REMOTE=/lib/systemd/systemd-journal-remote
+[ -x $REMOTE ] || REMOTE=/usr/lib/systemd/systemd-journal-remote
+mkdir -p "$DIR/journal"
+$REMOTE --output="$DIR/journal/remote.journal" "$DIR/entries.export" 2>/dev/null
+processed4() { curl -s http://127.0.0.1:3910/api/websocket/stats | python3 -c 'import sys,json; print(json.load(sys.stdin)["batcherStats"]["messagesProcessed"])'; }
+source_run() { # $1 label, $2 run, $3 application config
+  base=$(processed4)
+  agent_config "$DIR/state-src-$1-$2" "
+[metrics]
+enabled = false
+[logs]
+start_at = \"beginning\"
+$3" > "$DIR/agent-src.toml"
+  start=$(date +%s.%N)
+  RUST_LOG=warn $BIN/o1-agent --config "$DIR/agent-src.toml" 2> "$DIR/agent-src.err" &
+  AGENT=$!
+  while [ "$(( $(processed4) - base ))" -lt "$N" ]; do sleep 0.05; done
+  end=$(date +%s.%N)
+  acpu=$(cpu_seconds $AGENT)
+  jcpu=0
+  for child in $(pgrep -P $AGENT -x journalctl || true); do jcpu=$(cpu_seconds "$child"); done
+  kill $AGENT; wait $AGENT 2>/dev/null || true
+  awk -v s="$start" -v e="$end" -v n="$N" -v a="$acpu" -v j="$jcpu" 'BEGIN { t=e-s; printf "%s run=%d entries/s=%.0f seconds=%.2f agent_cpu=%.2fs journalctl_cpu=%.2fs cpu_per_entry_us=%.2f\n", "'"$1"'", '"$2"', n/t, t, a, j, (a+j)/n*1e6 }'
+}
+for run in 1 2 3; do
+  source_run journald "$run" "[[application]]
+name = \"bench\"
+journal = { units = [\"bench.service\"], directory = \"$DIR/journal\" }"
+  source_run file "$run" "[[application]]
+name = \"bench\"
+logs = [\"$DIR/lines.log\"]"
+done
 fi

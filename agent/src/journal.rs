@@ -96,7 +96,12 @@ impl JournalSource {
             args.push(format!("--directory={}", directory.display()));
         }
         match cursor {
-            Some(cursor) => args.push(format!("--after-cursor={cursor}")),
+            // With --follow, journalctl shows only the last 10 entries
+            // unless told otherwise.
+            Some(cursor) => {
+                args.push(format!("--after-cursor={cursor}"));
+                args.push("--lines=all".to_owned());
+            }
             None if start_at == StartAt::End => args.push("--lines=0".to_owned()),
             None => args.push("--lines=all".to_owned()),
         }
@@ -363,7 +368,7 @@ impl JournalReader {
     }
 
     /// Reads entries until journalctl's output ends.
-    fn read(&mut self, mut reader: impl BufRead) -> Exit {
+    fn read<R: Read>(&mut self, mut reader: BufReader<R>) -> Exit {
         let mut line = Vec::new();
         let mut items = Vec::new();
         let mut last_cursor: Option<String> = None;
@@ -388,10 +393,9 @@ impl JournalReader {
                     tracing::debug!(application = %self.source.application, "journalctl printed a line that is not an entry");
                 }
             }
-            // Hand on what is here once nothing more is buffered, or a
-            // full event's worth.
-            if (reader.fill_buf().map_or(true, |b| b.is_empty())
-                || items.len() >= ENTRIES_PER_EVENT)
+            // Hand on what is here once nothing more is buffered (never
+            // wait for more with entries in hand), or a full event's worth.
+            if (reader.buffer().is_empty() || items.len() >= ENTRIES_PER_EVENT)
                 && !self.send(&mut items, &mut last_cursor)
             {
                 return Exit::BatcherGone;
@@ -527,6 +531,10 @@ mod tests {
         let web = source(&["web"], &[], "warning");
         let args = web.arguments(Some("s=1;i=2"), StartAt::End);
         assert!(args.contains(&"--after-cursor=s=1;i=2".to_owned()));
+        assert!(
+            args.contains(&"--lines=all".to_owned()),
+            "not the last 10 only"
+        );
         assert!(args.contains(&"--unit=web.service".to_owned()));
         assert!(args.contains(&"--priority=4".to_owned()));
         assert!(

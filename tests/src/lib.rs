@@ -640,3 +640,105 @@ pub fn metric_item(application: &str, cpu: f64) -> o1_common::wire::Item {
         network: Some((1000.0, 2000.0)),
     })
 }
+
+/// One entry for [`journal_append`].
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub unit: Option<String>,
+    pub identifier: Option<String>,
+    pub priority: u8,
+    /// Any bytes: a message with a newline or invalid UTF-8 is written in
+    /// the binary form of the export format.
+    pub message: Vec<u8>,
+    /// `__REALTIME_TIMESTAMP`, microseconds since the epoch.
+    pub realtime_us: u64,
+}
+
+impl JournalEntry {
+    pub fn unit(unit: &str, priority: u8, message: &str, realtime_us: u64) -> JournalEntry {
+        JournalEntry {
+            unit: Some(unit.to_owned()),
+            identifier: None,
+            priority,
+            message: message.as_bytes().to_vec(),
+            realtime_us,
+        }
+    }
+}
+
+/// The program that writes journal files from the Journal Export Format
+/// (Debian package `systemd-journal-remote`): real journal files without a
+/// running journald.
+pub fn journal_remote() -> Result<PathBuf> {
+    [
+        "/lib/systemd/systemd-journal-remote",
+        "/usr/lib/systemd/systemd-journal-remote",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .context("systemd-journal-remote is not installed (apt-get install systemd-journal-remote)")
+}
+
+/// Appends `entries` to the journal file `dir/remote.journal` through
+/// systemd-journal-remote.
+pub fn journal_append(dir: &Path, entries: &[JournalEntry]) -> Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut export = Vec::new();
+    let field = |export: &mut Vec<u8>, name: &str, value: &[u8]| {
+        if value.contains(&b'\n') || std::str::from_utf8(value).is_err() {
+            export.extend_from_slice(name.as_bytes());
+            export.push(b'\n');
+            export.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            export.extend_from_slice(value);
+            export.push(b'\n');
+        } else {
+            export.extend_from_slice(format!("{name}=").as_bytes());
+            export.extend_from_slice(value);
+            export.push(b'\n');
+        }
+    };
+    for entry in entries {
+        field(
+            &mut export,
+            "__REALTIME_TIMESTAMP",
+            entry.realtime_us.to_string().as_bytes(),
+        );
+        field(
+            &mut export,
+            "__MONOTONIC_TIMESTAMP",
+            entry.realtime_us.to_string().as_bytes(),
+        );
+        field(&mut export, "_BOOT_ID", b"0123456789abcdef0123456789abcdef");
+        field(&mut export, "MESSAGE", &entry.message);
+        field(
+            &mut export,
+            "PRIORITY",
+            entry.priority.to_string().as_bytes(),
+        );
+        if let Some(unit) = &entry.unit {
+            field(&mut export, "_SYSTEMD_UNIT", unit.as_bytes());
+        }
+        if let Some(identifier) = &entry.identifier {
+            field(&mut export, "SYSLOG_IDENTIFIER", identifier.as_bytes());
+        }
+        export.push(b'\n');
+    }
+    let mut child = Command::new(journal_remote()?)
+        .arg(format!("--output={}", dir.join("remote.journal").display()))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(&export)?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "systemd-journal-remote failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
