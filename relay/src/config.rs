@@ -65,6 +65,9 @@ pub struct WebSocketConfig {
     pub ping_timeout_secs: u64,
     /// Log messages queued per connection before dropping.
     pub queue_messages: usize,
+    /// Bytes queued per connection (everything: replies, replays, live)
+    /// before log lines are dropped; replies over it mark the reader slow.
+    pub queue_bytes: usize,
     /// Seconds a connection's queue may stay full before it is closed (4008).
     pub stall_timeout_secs: u64,
     /// Read buffer per connection in bytes.
@@ -86,6 +89,7 @@ impl Default for WebSocketConfig {
             ping_interval_secs: 30,
             ping_timeout_secs: 30,
             queue_messages: 8192,
+            queue_bytes: 4 * 1024 * 1024,
             stall_timeout_secs: 30,
             read_buffer_bytes: 4096,
             write_buffer_bytes: 16 * 1024,
@@ -97,6 +101,7 @@ impl WebSocketConfig {
     pub fn outbound_limits(&self) -> OutboundLimits {
         OutboundLimits {
             max_queued: self.queue_messages,
+            max_bytes: self.queue_bytes,
             max_metric_series: self.queue_messages,
             stall_timeout: Duration::from_secs(self.stall_timeout_secs),
         }

@@ -35,6 +35,9 @@ pub struct DeploymentLog {
     pub level: Level,
     pub message: String,
     pub timestamp: Timestamp,
+    /// The `log` message as subscribers receive it (without their
+    /// `subscriptionId`), serialized once and shared by every replay.
+    pub body: bytes::Bytes,
 }
 
 /// A change requested by REST or an agent.

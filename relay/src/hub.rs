@@ -329,8 +329,10 @@ impl Hub {
                 .collect();
             replay.sort_by_key(|line| line.sequence);
             let skip = replay.len().saturating_sub(tail);
+            // Replayed lines are log lines: over the connection's budget
+            // they are dropped and counted, never held.
             for line in &replay[skip..] {
-                outbound.push_reply(Outgoing {
+                outbound.push_log(Outgoing {
                     subscription: id,
                     body: line.body.clone(),
                     ingested_at: None,
@@ -427,8 +429,15 @@ impl Hub {
             ingested_at: None,
         };
         outbound.push_reply(reply(deployment_message(deployment)));
+        // Each line was serialized once, when it arrived; every replay
+        // shares those bytes, and lines over the budget are dropped and
+        // counted like live ones.
         for log in &deployment.logs {
-            outbound.push_reply(reply(deployment_log_message(deployment, log)));
+            outbound.push_log(Outgoing {
+                subscription: id,
+                body: log.body.clone(),
+                ingested_at: None,
+            });
         }
         if deployment.status.is_final() {
             outbound.push_reply(reply(status_message(deployment)));
@@ -524,6 +533,7 @@ impl Hub {
                 level: record.level,
                 message: record.message.clone(),
                 timestamp,
+                body: body.clone(),
             };
             if self.lock_deployments().add_log(deployment_id, log).is_ok() {
                 for subscription in index.deployments.get(deployment_id).into_iter().flatten() {
@@ -699,18 +709,6 @@ fn deployment_message(deployment: &Deployment) -> ServerMessage {
         message: deployment.message.clone(),
         timestamp: deployment.updated_at,
         progress: deployment.progress,
-    })
-}
-
-fn deployment_log_message(deployment: &Deployment, log: &DeploymentLog) -> ServerMessage {
-    ServerMessage::Log(LogMessage {
-        subscription_id: None,
-        deployment_id: Some(deployment.deployment_id.clone()),
-        host: log.host.clone(),
-        application: deployment.application.clone(),
-        level: log.level,
-        message: log.message.clone(),
-        timestamp: log.timestamp,
     })
 }
 

@@ -3,16 +3,22 @@
 //! Producers (the hub routing ingested data, the connection's own replies)
 //! push; the connection's writer drains. The policy when a reader is slow:
 //!
+//! - everything queued counts against a byte budget
+//!   ([`OutboundLimits::max_bytes`], body bytes plus [`MESSAGE_OVERHEAD`]
+//!   each) as well as a count: a client can never make the relay hold more
+//!   for it than that (plus the one batch its writer is writing);
 //! - replies, deployment and status messages always enter: they are rare and
 //!   bounded by the client's own (rate-limited) requests and by deployments;
 //! - metrics are conflated: one slot per (subscription, host, application),
 //!   the newest sample replaces the queued one;
-//! - log lines beyond [`OutboundLimits::max_queued`] are dropped and counted
-//!   per subscription; once the writer catches up the client receives a
-//!   `dropped` message with the count;
-//! - a queue that stays full for [`OutboundLimits::stall_timeout`] marks the
-//!   reader as stalled, and the connection closes it with code
-//!   [`CLOSE_SLOW_READER`].
+//! - log lines, live or replayed (`tail`, a deployment's lines), beyond the
+//!   count or the byte budget are dropped and counted per subscription; once
+//!   the writer catches up the client receives a `dropped` message with the
+//!   count;
+//! - a queue that stays full, or a writer that cannot finish writing, for
+//!   [`OutboundLimits::stall_timeout`] marks the reader as stalled, and the
+//!   connection closes it with code [`CLOSE_SLOW_READER`], whatever the
+//!   client sends meanwhile.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +36,8 @@ pub const CLOSE_SLOW_READER: u16 = 4008;
 pub struct OutboundLimits {
     /// Most log messages queued for one connection.
     pub max_queued: usize,
+    /// Most bytes queued for one connection.
+    pub max_bytes: usize,
     /// Most distinct conflated metric series queued for one connection.
     pub max_metric_series: usize,
     /// How long the queue may stay full before the reader is called stalled.
@@ -40,11 +48,16 @@ impl Default for OutboundLimits {
     fn default() -> Self {
         OutboundLimits {
             max_queued: 8192,
+            max_bytes: 4 * 1024 * 1024,
             max_metric_series: 4096,
             stall_timeout: Duration::from_secs(30),
         }
     }
 }
+
+/// What a queued message costs besides its body (the queue entry, the
+/// subscription prefix written with it).
+pub const MESSAGE_OVERHEAD: usize = 64;
 
 /// One message waiting to be written.
 #[derive(Debug, Clone)]
@@ -60,6 +73,11 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// What it counts against the byte budget.
+    pub fn cost(&self) -> usize {
+        self.body.len() + MESSAGE_OVERHEAD
+    }
+
     pub fn reply(body: Bytes) -> Self {
         Outgoing {
             subscription: 0,
@@ -116,6 +134,10 @@ struct State {
     ping: bool,
     close: Option<(u16, String)>,
     full_since: Option<Instant>,
+    /// Bytes queued (bodies plus overhead).
+    bytes: usize,
+    /// The writer took a batch at this time and has not finished writing it.
+    writing_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -145,11 +167,12 @@ impl Outbound {
 
     /// A reply or a message that must not be dropped (deployment, status).
     ///
-    /// Never dropped, but counted against the bound: a client that keeps
+    /// Never dropped, but counted against the bounds: a client that keeps
     /// asking without reading fills its queue and is closed as stalled.
     pub fn push_reply(&self, message: Outgoing) {
         let mut state = self.lock();
-        if state.queue.len() >= self.limits.max_queued {
+        state.bytes += message.cost();
+        if state.queue.len() >= self.limits.max_queued || state.bytes > self.limits.max_bytes {
             state.full_since.get_or_insert_with(Instant::now);
         }
         state.queue.push_back(message);
@@ -157,10 +180,13 @@ impl Outbound {
         self.notify.notify_one();
     }
 
-    /// A log line: dropped and counted when the queue is full.
+    /// A log line, live or replayed: dropped and counted when the queue is
+    /// full (in count or in bytes).
     pub fn push_log(&self, message: Outgoing) {
         let mut state = self.lock();
-        if state.queue.len() >= self.limits.max_queued {
+        let cost = message.cost();
+        if state.queue.len() >= self.limits.max_queued || state.bytes + cost > self.limits.max_bytes
+        {
             state.full_since.get_or_insert_with(Instant::now);
             let subscription = message.subscription;
             match state.dropped.iter_mut().find(|(id, _)| *id == subscription) {
@@ -171,6 +197,7 @@ impl Outbound {
             self.stats.messages_dropped.inc();
             return;
         }
+        state.bytes += cost;
         state.queue.push_back(message);
         drop(state);
         self.notify.notify_one();
@@ -179,15 +206,21 @@ impl Outbound {
     /// A metric sample: replaces a queued sample of the same series.
     pub fn push_metric(&self, key: SeriesKey, message: Outgoing) {
         let mut state = self.lock();
+        let cost = message.cost();
         if let Some(slot) = state.metrics.get_mut(&key) {
+            let old = slot.cost();
             *slot = message;
+            state.bytes = state.bytes + cost - old;
             return;
         }
-        if state.metrics.len() >= self.limits.max_metric_series {
+        if state.metrics.len() >= self.limits.max_metric_series
+            || state.bytes + cost > self.limits.max_bytes
+        {
             drop(state);
             self.stats.messages_dropped.inc();
             return;
         }
+        state.bytes += cost;
         state.metrics.insert(key, message);
         drop(state);
         self.notify.notify_one();
@@ -208,11 +241,18 @@ impl Outbound {
         self.notify.notify_one();
     }
 
-    /// Whether the queue has been full for longer than the stall timeout.
+    /// Whether the queue has been full, or the writer stuck on one batch,
+    /// for longer than the stall timeout.
     pub fn is_stalled(&self, now: Instant) -> bool {
-        self.lock()
-            .full_since
-            .is_some_and(|since| now.saturating_duration_since(since) >= self.limits.stall_timeout)
+        let state = self.lock();
+        let too_long =
+            |since: Instant| now.saturating_duration_since(since) >= self.limits.stall_timeout;
+        state.full_since.is_some_and(too_long) || state.writing_since.is_some_and(too_long)
+    }
+
+    /// The writer finished writing what it took.
+    pub fn written(&self) {
+        self.lock().writing_since = None;
     }
 
     /// Waits until something is queued, then takes all of it.
@@ -232,6 +272,8 @@ impl Outbound {
                         state.queue.shrink_to(64);
                     }
                     state.full_since = None;
+                    state.bytes = 0;
+                    state.writing_since = Some(Instant::now());
                     return Drained {
                         messages,
                         dropped: std::mem::take(&mut state.dropped),
@@ -253,6 +295,7 @@ mod tests {
         Outbound::new(
             OutboundLimits {
                 max_queued,
+                max_bytes: 1 << 20,
                 max_metric_series: 2,
                 stall_timeout: Duration::from_millis(0),
             },
@@ -293,10 +336,38 @@ mod tests {
         assert_eq!(drained.messages.len(), 3);
         assert_eq!(drained.dropped, vec![(1, 3)]);
         assert_eq!(queue.stats.messages_dropped.get(), 3);
+        queue.written();
         assert!(
             !queue.is_stalled(Instant::now()),
-            "draining clears the stall"
+            "draining and writing clear the stall"
         );
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_drops_logs_and_a_writer_stuck_on_a_batch_is_stalled() {
+        let queue = Outbound::new(
+            OutboundLimits {
+                max_queued: 1000,
+                max_bytes: 10 * (100 + MESSAGE_OVERHEAD),
+                max_metric_series: 10,
+                stall_timeout: Duration::from_millis(50),
+            },
+            Arc::new(Stats::new()),
+        );
+        let line = "x".repeat(100 - 2);
+        for _ in 0..25 {
+            queue.push_log(message(3, &format!("\"{line}\"")));
+        }
+        let drained = queue.next().await;
+        assert_eq!(drained.messages.len(), 10, "bounded in bytes, not count");
+        assert_eq!(drained.dropped, vec![(3, 15)]);
+        // The writer took a batch and cannot write it: stalled after the
+        // timeout, however the queue looks.
+        assert!(!queue.is_stalled(Instant::now()));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(queue.is_stalled(Instant::now()));
+        queue.written();
+        assert!(!queue.is_stalled(Instant::now()));
     }
 
     #[tokio::test]

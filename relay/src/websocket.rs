@@ -159,6 +159,29 @@ fn error_reply(
     error
 }
 
+/// How long a close the relay starts waits for the client: to write what
+/// was queued and the close frame, then to read the client's answer.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After the relay sent its close frame: reads (and discards) what the
+/// client still sends until its close frame or end of stream, within
+/// [`LINGER`]. Closing a socket with unread input makes the kernel answer
+/// with a reset, and the client would lose the queued replies and the
+/// close frame with its code and reason.
+async fn linger<S>(stream: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn refuse(mut socket: WebSocket, state: &AppState, reason: String) {
     state.stats.connections_refused.inc();
     tracing::warn!(%reason, "websocket connection refused");
@@ -174,6 +197,7 @@ async fn refuse(mut socket: WebSocket, state: &AppState, reason: String) {
             reason: Utf8Bytes::from_static("connection limit reached"),
         })))
         .await;
+    linger(&mut socket).await;
 }
 
 /// How the reading half ended.
@@ -208,20 +232,25 @@ async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, _permit: Ga
         limiter: RateLimiter::direct(quota),
         limited_at: std::collections::VecDeque::new(),
     };
-    {
+    let closing = {
         let writer = write_loop(&mut sink, &outbound, &state);
         let reader = read_loop(&mut stream, &outbound, &mut connection, &state);
         tokio::pin!(writer, reader);
         tokio::select! {
-            _ = &mut writer => {}
+            _ = &mut writer => false,
             end = &mut reader => {
                 if let ReadEnd::Close(code, reason) = end {
                     tracing::debug!(%peer, code, %reason, "closing websocket");
                     outbound.close(code, reason);
-                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+                    tokio::time::timeout(LINGER, &mut writer).await.is_ok()
+                } else {
+                    false
                 }
             }
         }
+    };
+    if closing {
+        linger(&mut stream).await;
     }
     for handle in &connection.subscriptions {
         state.hub.unsubscribe(handle);
@@ -282,11 +311,13 @@ async fn write_loop(
                     reason: reason.into(),
                 })))
                 .await;
+            outbound.written();
             return;
         }
         if sink.flush().await.is_err() {
             return;
         }
+        outbound.written();
         state.stats.messages_sent.add(sent);
         if !ingested.is_empty() {
             let now = Instant::now();
@@ -364,7 +395,17 @@ async fn read_loop(
                 let text = match message {
                     Message::Text(text) => Some(text),
                     Message::Binary(_) => None,
-                    Message::Ping(_) | Message::Pong(_) => continue,
+                    // Control frames count against the rate limit (a ping
+                    // flood is a flood); they keep the peer known alive but
+                    // never clear a stall: that needs the writer to write.
+                    Message::Ping(_) | Message::Pong(_) => {
+                        if connection.limiter.check().is_err()
+                            && let Err(end) = check_abuse(connection, state)
+                        {
+                            return end;
+                        }
+                        continue;
+                    }
                     Message::Close(_) => return ReadEnd::Gone,
                 };
                 state.stats.messages_received.inc();
@@ -390,16 +431,9 @@ async fn read_loop(
     }
 }
 
-/// Applies the token bucket. `Err` closes the connection.
-fn check_rate(
-    connection: &mut Connection,
-    outbound: &Outbound,
-    state: &AppState,
-) -> Result<bool, ReadEnd> {
-    use governor::clock::{Clock, DefaultClock};
-    let Err(not_until) = connection.limiter.check() else {
-        return Ok(true);
-    };
+/// Counts a rate-limited message; `Err` closes the connection when they
+/// are too many within a minute.
+fn check_abuse(connection: &mut Connection, state: &AppState) -> Result<(), ReadEnd> {
     state.stats.rate_limited.inc();
     let now = Instant::now();
     connection.limited_at.push_back(now);
@@ -416,6 +450,20 @@ fn check_rate(
             "rate limit exceeded repeatedly".into(),
         ));
     }
+    Ok(())
+}
+
+/// Applies the token bucket. `Err` closes the connection.
+fn check_rate(
+    connection: &mut Connection,
+    outbound: &Outbound,
+    state: &AppState,
+) -> Result<bool, ReadEnd> {
+    use governor::clock::{Clock, DefaultClock};
+    let Err(not_until) = connection.limiter.check() else {
+        return Ok(true);
+    };
+    check_abuse(connection, state)?;
     let wait = not_until.wait_time_from(DefaultClock::default().now());
     let mut error = error_reply(ErrorCode::RateLimitExceeded, "Too many messages", None);
     error.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);

@@ -6,6 +6,7 @@
 mod deployments;
 mod file_edges;
 mod first_run;
+mod hardening;
 mod journal;
 mod metrics;
 mod tailing;

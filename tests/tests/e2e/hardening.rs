@@ -1,0 +1,207 @@
+//! Hostile clients against the real relay: each attack of the hardening
+//! issue, and the bound that holds (issue: relay hardening).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use o1_tests::{Pki, Relay, WsClient, get_json};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const T: Duration = Duration::from_secs(20);
+
+fn relay(extra: &str) -> (tempfile::TempDir, Pki, Relay) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path()).unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), &pki, extra).unwrap();
+    (dir, pki, relay)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+async fn metric(relay: &Relay, name: &str) -> f64 {
+    let text = reqwest::get(relay.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Reads until the close frame; returns (messages, close code and reason).
+async fn read_to_close(client: &mut WsClient) -> (Vec<Value>, Option<(u16, String)>) {
+    let mut messages = Vec::new();
+    loop {
+        match tokio::time::timeout(T, client.stream.next()).await {
+            Err(_) => panic!("no close within {T:?} after {} messages", messages.len()),
+            Ok(None) | Ok(Some(Err(_))) => return (messages, None),
+            Ok(Some(Ok(Message::Text(text)))) => {
+                messages.push(serde_json::from_str(text.as_str()).unwrap())
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return (
+                    messages,
+                    frame.map(|f| (f.code.into(), f.reason.to_string())),
+                );
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_client_receives_its_errors_and_the_1008_close_frame() {
+    let (_dir, _pki, relay) =
+        relay("[websocket]\nmessages_per_second = 2\nburst = 2\nabuse_limit = 10\n");
+    let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
+    // 223 messages sent before reading anything, as a script would.
+    for i in 0..223 {
+        client
+            .send_json(json!({"type": "ping", "requestId": i}))
+            .await
+            .unwrap();
+    }
+    let (messages, close) = read_to_close(&mut client).await;
+    let limited = messages
+        .iter()
+        .filter(|m| m["code"] == "rate_limit_exceeded")
+        .count();
+    assert!(
+        limited >= 10,
+        "its rate_limit_exceeded errors arrive: {messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|m| m["type"] == "pong" || m["code"] == "rate_limit_exceeded")
+    );
+    let (code, reason) = close.expect("a close frame, not a reset");
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("rate limit"), "{reason}");
+
+    // WebSocket ping frames are messages too: a flood of them is closed
+    // the same way.
+    let mut pinger = WsClient::connect(&relay.ws_url()).await.unwrap();
+    for _ in 0..200 {
+        if pinger
+            .stream
+            .send(Message::Ping(Vec::new().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (_, close) = read_to_close(&mut pinger).await;
+    assert_eq!(close.map(|c| c.0), Some(1008));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_is_bounded_in_bytes_and_closed_while_it_pings() {
+    let (_dir, pki, relay) = relay(
+        "[websocket]\nstall_timeout_secs = 3\nqueue_bytes = 1048576\nmessages_per_second = 200\nburst = 200\n",
+    );
+    let http = reqwest::Client::new();
+    let id = "deploy-big";
+    let created = http
+        .post(relay.url("/api/deployments"))
+        .bearer_auth(&pki.token)
+        .json(&json!({"deploymentId": id, "application": "web", "hosts": ["h"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    // 1,000 log lines of 1 KB.
+    for chunk in 0..10 {
+        let logs: Vec<Value> = (0..100)
+            .map(|i| json!({"level": "INFO", "message": format!("{chunk:02}{i:03} {}", "x".repeat(1018))}))
+            .collect();
+        let response = http
+            .post(relay.url(&format!("/api/deployments/{id}/events")))
+            .bearer_auth(&pki.token)
+            .json(&json!({"logs": logs}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    let before = rss_kib(relay.pid());
+    let (stream, _) = tokio_tungstenite::connect_async(relay.ws_url())
+        .await
+        .unwrap();
+    let (mut sink, stream) = stream.split();
+    // 100 subscriptions to the deployment: 100 replays of 1 MB each.
+    for i in 0..100 {
+        let text = json!({"type": "subscribe", "deploymentId": id, "requestId": i}).to_string();
+        sink.send(Message::text(text)).await.unwrap();
+    }
+    // Never read; ping every second.
+    let pinging = tokio::spawn(async move {
+        for _ in 0..30 {
+            if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        sink
+    });
+    // Live lines keep coming: the relay has something to write, and
+    // cannot.
+    let publishing = {
+        let (http, url, token) = (
+            http.clone(),
+            relay.url(&format!("/api/deployments/{id}/events")),
+            pki.token.clone(),
+        );
+        tokio::spawn(async move {
+            for n in 0..100 {
+                let logs = json!({"logs": [{"message": format!("live {n} {}", "y".repeat(1000))}]});
+                let _ = http.post(&url).bearer_auth(&token).json(&logs).send().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = rss_kib(relay.pid()).saturating_sub(before);
+    assert!(
+        grown < 12 * 1024,
+        "the relay holds at most the budget for it: grew {grown} KiB"
+    );
+    // Closed as a slow reader after the stall timeout, pings or not.
+    o1_tests::eventually(Duration::from_secs(15), || async {
+        let stats = get_json(&relay.url("/api/websocket/metrics")).await.ok()?;
+        (stats["connections"]["current"] == 0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let text = tokio::task::block_in_place(|| {
+            std::process::Command::new("curl")
+                .arg("-s")
+                .arg(relay.url("/metrics"))
+                .output()
+                .unwrap()
+                .stdout
+        });
+        panic!(
+            "the never-reading connection is closed: {e}: {} {}",
+            String::from_utf8_lossy(&text),
+            relay.log()
+        )
+    });
+    assert!(metric(&relay, "o1_websocket_slow_readers_closed_total").await >= 1.0);
+    assert!(metric(&relay, "o1_websocket_messages_dropped_total").await > 0.0);
+    drop(stream);
+    pinging.abort();
+    publishing.abort();
+}
