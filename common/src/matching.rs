@@ -48,6 +48,21 @@ impl LogFilter {
                 .as_deref()
                 .is_none_or(|needle| contains_case_insensitive(message, needle))
     }
+
+    /// The level and search part against a message lower-cased once by the
+    /// caller ([`lower`]) and shared by every subscription it is matched
+    /// against: linear in the line and the needle.
+    pub fn content_matches_lowered(&self, level: Level, lowered: &str) -> bool {
+        self.min_level.is_none_or(|min| level >= min)
+            && self.search_lower.as_deref().is_none_or(|needle| {
+                memchr::memmem::find(lowered.as_bytes(), needle.as_bytes()).is_some()
+            })
+    }
+
+    /// Whether matching needs the lower-cased message at all.
+    pub fn searches(&self) -> bool {
+        self.search_lower.is_some()
+    }
 }
 
 /// What a `subscribe-metrics` subscription wants.
@@ -118,21 +133,24 @@ fn non_empty(value: &Option<String>) -> Option<String> {
     value.as_ref().filter(|v| !v.is_empty()).cloned()
 }
 
-/// Case-insensitive substring test against an already lower-cased needle.
-/// ASCII text (the common case) is compared without allocating; other text
-/// is lower-cased first, so `ÉCHEC` matches `échec`.
+/// The lower-cased text search compares against: ASCII lower-casing for
+/// ASCII text (no table lookups), full Unicode lower-casing otherwise, so
+/// `ÉCHEC` matches `échec`.
+pub fn lower(text: &str) -> String {
+    if text.is_ascii() {
+        text.to_ascii_lowercase()
+    } else {
+        text.to_lowercase()
+    }
+}
+
+/// Case-insensitive substring test against an already lower-cased needle,
+/// linear in both (memchr's two-way search, not a window per position).
 pub fn contains_case_insensitive(haystack: &str, needle_lower: &str) -> bool {
     if needle_lower.is_empty() {
         return true;
     }
-    if haystack.is_ascii() && needle_lower.is_ascii() {
-        let needle = needle_lower.as_bytes();
-        return haystack
-            .as_bytes()
-            .windows(needle.len())
-            .any(|window| window.eq_ignore_ascii_case(needle));
-    }
-    haystack.to_lowercase().contains(needle_lower)
+    memchr::memmem::find(lower(haystack).as_bytes(), needle_lower.as_bytes()).is_some()
 }
 
 #[cfg(test)]
@@ -327,5 +345,18 @@ mod tests {
         assert!(!contains_case_insensitive("", "a"));
         assert!(!contains_case_insensitive("ab", "abc"));
         assert!(contains_case_insensitive("xxABCxx", "abc"));
+        assert!(contains_case_insensitive("Fehler: ÉCHEC", "échec"));
+        // Worst case of the old window-per-position search: a long needle
+        // that almost matches everywhere. Linear now (no timing asserted;
+        // this only has to finish).
+        let line = "a".repeat(8192);
+        let needle = format!("{}b", "a".repeat(4095));
+        assert!(!contains_case_insensitive(&line, &needle));
+        let filter = LogFilter {
+            search_lower: Some("disk full".into()),
+            ..LogFilter::default()
+        };
+        assert!(filter.content_matches_lowered(Level::Info, &lower("ERROR: Disk Full on /")));
+        assert!(!filter.content_matches_lowered(Level::Info, &lower("all good")));
     }
 }

@@ -49,6 +49,9 @@ pub struct WebSocketConfig {
     pub max_connections_per_address: usize,
     /// Most subscriptions on one connection.
     pub max_subscriptions: usize,
+    /// Most subscriptions of all connections from one client address (an
+    /// IPv6 address counts by its /64).
+    pub max_subscriptions_per_address: usize,
     /// Largest client message (frame) in bytes; larger closes with 1009.
     pub max_message_bytes: usize,
     /// Sustained client messages per second per connection.
@@ -82,6 +85,7 @@ impl Default for WebSocketConfig {
             max_connections: 50_000,
             max_connections_per_address: 1_000,
             max_subscriptions: 100,
+            max_subscriptions_per_address: 2_000,
             max_message_bytes: 64 * 1024,
             messages_per_second: 50,
             burst: 100,

@@ -21,7 +21,7 @@ use o1_common::api::{
     DeploymentMessage, DeploymentStatus, LogMessage, MetricName, MetricsMessage, NetworkRates,
     ServerMessage, StatusMessage, SubscribeLogs, SubscribeMetrics,
 };
-use o1_common::matching::{LogFilter, MetricFilter, MetricSelection};
+use o1_common::matching::{LogFilter, MetricFilter, MetricSelection, lower};
 use o1_common::wire::{DeploymentEvent, Item, LogRecord, MetricSample};
 use o1_common::{Level, Timestamp};
 
@@ -565,13 +565,19 @@ impl Hub {
                 }
             }
         }
+        // Lower-cased once per line, for every subscription that searches.
+        let mut lowered: Option<String> = None;
         index
             .logs
             .for_each_candidate(host, &record.application, |subscription| {
-                if subscription
-                    .filter
-                    .content_matches(record.level, &record.message)
-                {
+                let filter = &subscription.filter;
+                let matches = if filter.searches() {
+                    let lowered = lowered.get_or_insert_with(|| lower(&record.message));
+                    filter.content_matches_lowered(record.level, lowered)
+                } else {
+                    filter.content_matches(record.level, "")
+                };
+                if matches {
                     subscription.outbound.push_log(Outgoing {
                         subscription: subscription.id,
                         body: body.clone(),

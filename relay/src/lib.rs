@@ -66,6 +66,7 @@ impl AppState {
             gate: Arc::new(ConnectionGate::new(
                 config.websocket.max_connections,
                 config.websocket.max_connections_per_address,
+                config.websocket.max_subscriptions_per_address,
             )),
             tokens: Arc::new(TokenVerifier::new(&config.auth.token_sha256)),
             config: Arc::new(config),

@@ -46,29 +46,67 @@ pub mod close_code {
     pub use crate::outbound::CLOSE_SLOW_READER as SLOW_READER;
 }
 
-/// Counts connections in total and per client address.
+/// Longest host or application name a subscription may name.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest `search` text.
+pub const MAX_SEARCH_BYTES: usize = 1024;
+/// Longest deployment or subscription id.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The address limits apply to: IPv4 as it is, IPv6 by its /64 (one host
+/// or customer usually holds a whole /64), IPv4-mapped IPv6 as IPv4.
+pub fn client_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Connections and subscriptions held by one client address.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    connections: usize,
+    subscriptions: usize,
+}
+
+/// Counts connections in total and, with subscriptions, per client
+/// address ([`client_key`]).
 #[derive(Debug)]
 pub struct ConnectionGate {
     total: AtomicUsize,
-    per_address: Mutex<HashMap<IpAddr, usize>>,
+    per_address: Mutex<HashMap<IpAddr, Held>>,
     max_total: usize,
     max_per_address: usize,
+    max_subscriptions_per_address: usize,
 }
 
-/// Held while a connection is open; releases its slot when dropped.
+/// Held while a connection is open; releases its slot (and its
+/// subscriptions' share of the address budget) when dropped.
 #[derive(Debug)]
 pub struct GatePermit {
     gate: Arc<ConnectionGate>,
     address: IpAddr,
+    subscriptions: usize,
 }
 
 impl ConnectionGate {
-    pub fn new(max_total: usize, max_per_address: usize) -> Self {
+    pub fn new(
+        max_total: usize,
+        max_per_address: usize,
+        max_subscriptions_per_address: usize,
+    ) -> Self {
         ConnectionGate {
             total: AtomicUsize::new(0),
             per_address: Mutex::new(HashMap::new()),
             max_total,
             max_per_address,
+            max_subscriptions_per_address,
         }
     }
 
@@ -81,6 +119,7 @@ impl ConnectionGate {
     }
 
     fn try_acquire(self: &Arc<Self>, address: IpAddr) -> Result<GatePermit, String> {
+        let address = client_key(address);
         let mut per_address = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
         if self.total.load(Ordering::Relaxed) >= self.max_total {
             return Err(format!(
@@ -88,19 +127,52 @@ impl ConnectionGate {
                 self.max_total
             ));
         }
-        let count = per_address.entry(address).or_insert(0);
-        if *count >= self.max_per_address {
+        let held = per_address.entry(address).or_default();
+        if held.connections >= self.max_per_address {
             return Err(format!(
                 "Too many connections from {address}: the limit is {} per address",
                 self.max_per_address
             ));
         }
-        *count += 1;
+        held.connections += 1;
         self.total.fetch_add(1, Ordering::Relaxed);
         Ok(GatePermit {
             gate: self.clone(),
             address,
+            subscriptions: 0,
         })
+    }
+}
+
+impl GatePermit {
+    /// Takes one subscription from the address's budget; `false` when it
+    /// is spent.
+    fn add_subscription(&mut self) -> bool {
+        let mut per_address = self
+            .gate
+            .per_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let held = per_address.entry(self.address).or_default();
+        if held.subscriptions >= self.gate.max_subscriptions_per_address {
+            return false;
+        }
+        held.subscriptions += 1;
+        self.subscriptions += 1;
+        true
+    }
+
+    /// Gives one subscription back.
+    fn remove_subscription(&mut self) {
+        let mut per_address = self
+            .gate
+            .per_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = per_address.get_mut(&self.address) {
+            held.subscriptions = held.subscriptions.saturating_sub(1);
+        }
+        self.subscriptions = self.subscriptions.saturating_sub(1);
     }
 }
 
@@ -111,9 +183,10 @@ impl Drop for GatePermit {
             .per_address
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_address.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(held) = per_address.get_mut(&self.address) {
+            held.connections = held.connections.saturating_sub(1);
+            held.subscriptions = held.subscriptions.saturating_sub(self.subscriptions);
+            if held.connections == 0 {
                 per_address.remove(&self.address);
             }
         }
@@ -209,13 +282,14 @@ enum ReadEnd {
 }
 
 struct Connection {
+    permit: GatePermit,
     subscriptions: Vec<SubscriptionHandle>,
     limiter: governor::DefaultDirectRateLimiter,
     /// Times of recent rate-limited messages, for abuse detection.
     limited_at: std::collections::VecDeque<Instant>,
 }
 
-async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, _permit: GatePermit) {
+async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, permit: GatePermit) {
     let stats = state.stats.clone();
     stats.connection_opened();
     let outbound = Arc::new(Outbound::new(
@@ -228,6 +302,7 @@ async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, _permit: Ga
         Quota::per_second(NonZeroU32::new(ws.messages_per_second).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(ws.burst).unwrap_or(NonZeroU32::MIN));
     let mut connection = Connection {
+        permit,
         subscriptions: Vec::new(),
         limiter: RateLimiter::direct(quota),
         limited_at: std::collections::VecDeque::new(),
@@ -485,6 +560,15 @@ fn handle_text(
         }
     };
     let request_id = message.request_id().cloned();
+    if let Some((field, max)) = too_long(&message) {
+        let error = DecodeError {
+            field: Some(field.into()),
+            problem: format!("too long: at most {max} bytes"),
+            request_id,
+        };
+        reply_invalid(outbound, state, &error);
+        return;
+    }
     let reply_error = |error: ErrorMessage| {
         outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(error))));
     };
@@ -507,6 +591,17 @@ fn handle_text(
         reply_error(error);
         return;
     }
+    if is_subscribe && !connection.permit.add_subscription() {
+        let limit = state.config.websocket.max_subscriptions_per_address;
+        let mut error = error_reply(
+            ErrorCode::SubscriptionFailed,
+            format!("Subscription limit reached: at most {limit} per client address"),
+            request_id.as_ref(),
+        );
+        error.details = Some(json!({ "limit": limit }));
+        reply_error(error);
+        return;
+    }
     let ack = |id: u64| {
         Outgoing::reply(encode(&ServerMessage::Subscribed(SubscriptionAck {
             subscription_id: subscription_name(id),
@@ -522,6 +617,7 @@ fn handle_text(
             {
                 Ok(handle) => Some(handle),
                 Err(error) => {
+                    connection.permit.remove_subscription();
                     let mut reply = error_reply(
                         ErrorCode::SubscriptionFailed,
                         error.to_string(),
@@ -543,6 +639,7 @@ fn handle_text(
                     problem: "must name at least one of cpu, memory, disk, network (or be left out for all)".into(),
                     request_id: request_id.clone(),
                 };
+                connection.permit.remove_subscription();
                 reply_invalid(outbound, state, &error);
                 None
             } else {
@@ -558,6 +655,7 @@ fn handle_text(
                 Some(position) => {
                     let handle = connection.subscriptions.swap_remove(position);
                     state.hub.unsubscribe(&handle);
+                    connection.permit.remove_subscription();
                     if connection.subscriptions.is_empty() {
                         state.stats.connections_active.sub(1);
                     }
@@ -597,8 +695,68 @@ fn handle_text(
     }
 }
 
+/// The first field over its size limit, and the limit.
+fn too_long(message: &ClientMessage) -> Option<(&'static str, usize)> {
+    let over = |field: &'static str, value: Option<&String>, max: usize| {
+        value.filter(|v| v.len() > max).map(|_| (field, max))
+    };
+    match message {
+        ClientMessage::SubscribeLogs(r) => over("host", r.host.as_ref(), MAX_NAME_BYTES)
+            .or_else(|| over("application", r.application.as_ref(), MAX_NAME_BYTES))
+            .or_else(|| over("search", r.search.as_ref(), MAX_SEARCH_BYTES)),
+        ClientMessage::SubscribeMetrics(r) => over("host", r.host.as_ref(), MAX_NAME_BYTES)
+            .or_else(|| over("application", r.application.as_ref(), MAX_NAME_BYTES)),
+        ClientMessage::Subscribe(r) => over("deploymentId", Some(&r.deployment_id), MAX_ID_BYTES),
+        ClientMessage::Unsubscribe(r) => {
+            over("subscriptionId", Some(&r.subscription_id), MAX_ID_BYTES)
+        }
+        ClientMessage::Ping(_) => None,
+    }
+}
+
 fn reply_invalid(outbound: &Outbound, state: &AppState, error: &DecodeError) {
     state.stats.invalid_messages.inc();
     let reply = ErrorMessage::invalid(error, Timestamp::now());
     outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(reply))));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_ipv6_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let key = |text: &str| client_key(text.parse().unwrap());
+        let table = [
+            ("192.0.2.7", "192.0.2.7"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::"),
+            ("2001:db8:1:2::1", "2001:db8:1:2::"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+        ];
+        for (address, expected) in table {
+            assert_eq!(
+                key(address),
+                expected.parse::<IpAddr>().unwrap(),
+                "{address}"
+            );
+        }
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn the_address_budget_of_subscriptions_is_shared_and_given_back() {
+        let gate = Arc::new(ConnectionGate::new(10, 10, 3));
+        let address: IpAddr = "2001:db8::1".parse().unwrap();
+        let mut first = gate.try_acquire(address).unwrap();
+        let mut second = gate.try_acquire("2001:db8::2".parse().unwrap()).unwrap();
+        assert!(first.add_subscription() && first.add_subscription());
+        assert!(second.add_subscription());
+        assert!(!second.add_subscription(), "the /64 shares one budget");
+        first.remove_subscription();
+        assert!(second.add_subscription());
+        drop(second);
+        let mut third = gate.try_acquire(address).unwrap();
+        assert!(third.add_subscription() && third.add_subscription());
+        assert!(!third.add_subscription());
+    }
 }

@@ -205,3 +205,72 @@ async fn a_client_that_never_reads_is_bounded_in_bytes_and_closed_while_it_pings
     pinging.abort();
     publishing.abort();
 }
+
+#[tokio::test]
+async fn oversized_fields_are_invalid_and_subscriptions_are_budgeted_per_address() {
+    let (_dir, _pki, relay) = relay("[websocket]\nmax_subscriptions_per_address = 5\n");
+    let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
+    let long = "h".repeat(60 * 1024);
+    let cases = [
+        (
+            json!({"type": "subscribe-logs", "host": long, "requestId": 1}),
+            "host",
+        ),
+        (
+            json!({"type": "subscribe-logs", "application": "a".repeat(257), "requestId": 2}),
+            "application",
+        ),
+        (
+            json!({"type": "subscribe-logs", "search": "s".repeat(4096), "requestId": 3}),
+            "search",
+        ),
+        (
+            json!({"type": "subscribe-metrics", "host": "h".repeat(300), "requestId": 4}),
+            "host",
+        ),
+        (
+            json!({"type": "subscribe", "deploymentId": "d".repeat(300), "requestId": 5}),
+            "deploymentId",
+        ),
+    ];
+    for (request, field) in cases {
+        let id = request["requestId"].clone();
+        client.send_json(request).await.unwrap();
+        let reply = client.recv_json(T).await.unwrap();
+        assert_eq!(reply["code"], "invalid_message", "{reply}");
+        assert_eq!(reply["requestId"], id);
+        let text = reply["message"].as_str().unwrap();
+        assert!(text.contains(field) && text.contains("at most"), "{text}");
+    }
+    // At the limit exactly: accepted.
+    client
+        .subscribe(json!({"type": "subscribe-logs", "host": "h".repeat(256)}))
+        .await
+        .unwrap();
+    // Five subscriptions per address, across connections.
+    let mut other = WsClient::connect(&relay.ws_url()).await.unwrap();
+    for _ in 0..4 {
+        other
+            .subscribe(json!({"type": "subscribe-logs"}))
+            .await
+            .unwrap();
+    }
+    other
+        .send_json(json!({"type": "subscribe-logs", "requestId": "sixth"}))
+        .await
+        .unwrap();
+    let refused = other.recv_json(T).await.unwrap();
+    assert_eq!(refused["code"], "subscription_failed", "{refused}");
+    assert_eq!(refused["requestId"], "sixth");
+    // Closing a connection gives its share back.
+    drop(client);
+    o1_tests::eventually(Duration::from_secs(5), || async {
+        let mut again = WsClient::connect(&relay.ws_url()).await.ok()?;
+        again
+            .subscribe(json!({"type": "subscribe-logs"}))
+            .await
+            .ok()
+    })
+    .await
+    .unwrap();
+}
