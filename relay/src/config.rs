@@ -30,12 +30,20 @@ pub struct RelayConfig {
 pub struct HttpConfig {
     /// Address of the HTTP listener (WebSocket API, REST, /metrics).
     pub listen: SocketAddr,
+    /// Most HTTP connections open at once (WebSockets leave this count
+    /// once upgraded); more are answered 503 at once.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (also the longest
+    /// an idle keep-alive connection stays open).
+    pub header_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            max_connections: 10_000,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -240,6 +248,13 @@ impl RelayConfig {
             ws.max_connections_per_address as u64,
         )?;
         positive("websocket.max_subscriptions", ws.max_subscriptions as u64)?;
+        positive(
+            "websocket.max_subscriptions_per_address",
+            ws.max_subscriptions_per_address as u64,
+        )?;
+        positive("websocket.queue_bytes", ws.queue_bytes as u64)?;
+        positive("http.max_connections", self.http.max_connections as u64)?;
+        positive("http.header_timeout_secs", self.http.header_timeout_secs)?;
         positive(
             "websocket.messages_per_second",
             u64::from(ws.messages_per_second),

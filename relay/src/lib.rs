@@ -17,6 +17,7 @@ pub mod certs;
 pub mod config;
 pub mod demo;
 pub mod deployments;
+pub mod http_server;
 pub mod hub;
 pub mod inventory;
 pub mod outbound;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub tokens: Arc<TokenVerifier>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// Refusals and similar warnings: each kind at most once a minute.
+    pub log_limiter: Arc<uplink::LogLimiter>,
 }
 
 impl AppState {
@@ -69,6 +72,7 @@ impl AppState {
                 config.websocket.max_subscriptions_per_address,
             )),
             tokens: Arc::new(TokenVerifier::new(&config.auth.token_sha256)),
+            log_limiter: Arc::new(uplink::LogLimiter::default()),
             config: Arc::new(config),
             hub,
             stats,
@@ -160,10 +164,18 @@ pub async fn run(state: AppState, listeners: Listeners) -> anyhow::Result<()> {
     if let Some(endpoint) = listeners.uplink {
         tracker.spawn(uplink::serve(endpoint, state.clone(), shutdown.clone()));
     }
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let server =
-        axum::serve(listeners.http, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(server.into_future());
+    let limits = http_server::HttpLimits {
+        max_connections: state.config.http.max_connections,
+        header_timeout: Duration::from_secs(state.config.http.header_timeout_secs),
+    };
+    let server = tokio::spawn(http_server::serve(
+        listeners.http,
+        router(state.clone()),
+        limits,
+        state.stats.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+    ));
     shutdown.cancelled().await;
     tracing::info!(
         grace_secs = grace.as_secs(),

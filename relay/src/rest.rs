@@ -188,6 +188,12 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
         s.slow_readers_closed.get() as f64,
     );
     metric(
+        "o1_http_connections_refused_total",
+        "counter",
+        "HTTP connections refused by http.max_connections.",
+        s.http_refused.get() as f64,
+    );
+    metric(
         "o1_ingest_batches_total",
         "counter",
         "Agent batches ingested.",

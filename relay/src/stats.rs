@@ -59,6 +59,8 @@ pub struct Stats {
     pub rate_limited: Counter,
     /// Connections closed because the reader stalled.
     pub slow_readers_closed: Counter,
+    /// HTTP connections refused by `http.max_connections`.
+    pub http_refused: Counter,
     /// Agent batches ingested (duplicates excluded).
     pub batches_ingested: Counter,
     /// Items in those batches.
@@ -104,6 +106,7 @@ impl Stats {
             invalid_messages: Counter::default(),
             rate_limited: Counter::default(),
             slow_readers_closed: Counter::default(),
+            http_refused: Counter::default(),
             batches_ingested: Counter::default(),
             items_ingested: Counter::default(),
             duplicate_batches: Counter::default(),

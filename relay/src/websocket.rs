@@ -257,7 +257,9 @@ where
 
 async fn refuse(mut socket: WebSocket, state: &AppState, reason: String) {
     state.stats.connections_refused.inc();
-    tracing::warn!(%reason, "websocket connection refused");
+    if let Some(suppressed) = state.log_limiter.should_log("websocket_refused") {
+        tracing::warn!(%reason, suppressed_since_last = suppressed, "websocket connection refused (logged at most once a minute)");
+    }
     let error = ServerMessage::Error(ErrorMessage::new(
         ErrorCode::ConnectionFailed,
         reason,

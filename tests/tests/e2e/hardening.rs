@@ -274,3 +274,47 @@ async fn oversized_fields_are_invalid_and_subscriptions_are_budgeted_per_address
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn idle_and_slowloris_http_sockets_are_closed_and_a_full_listener_says_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, _pki, relay) = relay("[http]\nheader_timeout_secs = 1\nmax_connections = 10\n");
+    let health = relay.url("/api/websocket/health");
+    let mut sockets = Vec::new();
+    for _ in 0..9 {
+        sockets.push(tokio::net::TcpStream::connect(relay.http).await.unwrap());
+    }
+    // Slowloris: headers that never end.
+    let mut slow = tokio::net::TcpStream::connect(relay.http).await.unwrap();
+    slow.write_all(b"GET /api/websocket/health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    sockets.push(slow);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Full: a fresh request is told so at once.
+    let refused = reqwest::get(&health).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "connection_failed", "{body}");
+    // The relay closes them after the header timeout...
+    for (i, socket) in sockets.iter_mut().enumerate() {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "socket {i} is still open after the header timeout"
+        );
+    }
+    // ...and then serves everyone again.
+    let served = reqwest::get(&health).await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert!(metric(&relay, "o1_http_connections_refused_total").await >= 1.0);
+}

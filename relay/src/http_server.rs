@@ -1,0 +1,113 @@
+//! The HTTP listener: hyper's HTTP/1.1 server under the axum router, with
+//! what `axum::serve` does not offer: a deadline for reading a request's
+//! headers (idle and slowloris sockets are closed, including idle
+//! keep-alive connections), and a cap on open HTTP connections. A
+//! connection over the cap is answered at once with `503` and a JSON error
+//! instead of waiting in the accept queue. A WebSocket leaves the cap once
+//! upgraded: `websocket.max_connections` bounds those.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::stats::Stats;
+
+/// The listener's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+/// Accepts and serves until `shutdown`; connections in progress are asked
+/// to finish (their tasks are in `tracker`).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    stats: Arc<Stats>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let log = crate::uplink::LogLimiter::default();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: say so (not
+                    // more than once a minute) and go on.
+                    if let Some(suppressed) = log.should_log("http_accept") {
+                        tracing::warn!(%error, suppressed_since_last = suppressed, "cannot accept HTTP connections");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            stats.http_refused.inc();
+            if let Some(suppressed) = log.should_log("http_refused") {
+                tracing::warn!(%peer, suppressed_since_last = suppressed, max = limits.max_connections, "HTTP connection refused: http.max_connections reached");
+            }
+            tracker.spawn(refuse(stream, limits.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))),
+        );
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = &mut connection => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Answers a connection over the cap with 503 and closes it.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let body = format!(
+        "{{\"type\":\"error\",\"code\":\"connection_failed\",\"message\":\"Too many HTTP connections: the relay's limit of {max} is reached; retry later\"}}"
+    );
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        // Read what the client sent until it closes: closing with unread
+        // input would answer with a reset, and the client could lose the
+        // response.
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
