@@ -40,7 +40,7 @@ pub const RELEASE_AFTER: Duration = Duration::from_secs(5);
 /// Bytes read from one file before moving to the next (fairness).
 const READ_BUDGET: usize = 4 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
-const TRUNCATED_MARK: &str = "…[truncated]";
+use o1_common::text::TRUNCATED_MARK;
 /// On stop, how long the tailer may take to read tracked files to their
 /// end before it gives up (the rest is read after the restart).
 pub const STOP_DRAIN: Duration = Duration::from_secs(2);
@@ -1119,21 +1119,7 @@ fn compressed_copy(path: &Path) -> Option<PathBuf> {
 /// `message` cut to at most `max` bytes, on a character boundary, and
 /// marked `…[truncated]`, if it is longer.
 pub fn cut_message(message: String, max: usize) -> String {
-    if message.len() > max {
-        cut_to(message, max)
-    } else {
-        message
-    }
-}
-
-fn cut_to(mut message: String, max: usize) -> String {
-    let mut end = max.min(message.len());
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message.truncate(end);
-    message.push_str(TRUNCATED_MARK);
-    message
+    o1_common::text::cut(message, max)
 }
 
 /// A record from a line's bytes: CR stripped, invalid UTF-8 replaced, cut
@@ -1143,10 +1129,13 @@ fn make_record(app: &AppLogs, bytes: &[u8], max: usize) -> LogRecord {
     // Lossy conversion can make the text longer than the bytes (an
     // invalid byte becomes a 3-byte U+FFFD): cut the text, not the bytes.
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
-    let message = if bytes.len() > max || text.len() > max {
-        cut_to(text, max)
-    } else {
+    let message = if bytes.len() > max && text.len() <= max {
+        // Cut in the bytes already: mark it.
+        let mut text = text;
+        text.push_str(TRUNCATED_MARK);
         text
+    } else {
+        o1_common::text::cut(text, max)
     };
     LogRecord {
         application: app.name.clone(),

@@ -14,6 +14,7 @@ pub mod api;
 pub mod config;
 pub mod level;
 pub mod matching;
+pub mod text;
 pub mod timestamp;
 pub mod wire;
 

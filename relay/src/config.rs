@@ -127,6 +127,9 @@ pub struct HistoryConfig {
     pub lines_per_source: usize,
     /// Bytes of lines kept per (host, application).
     pub bytes_per_source: usize,
+    /// Longest log line the relay keeps and sends, in bytes; longer lines
+    /// (from an agent or REST) are cut and end with `…[truncated]`.
+    pub max_line_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -135,6 +138,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             lines_per_source: limits.lines_per_source,
             bytes_per_source: limits.bytes_per_source,
+            max_line_bytes: limits.max_line_bytes,
         }
     }
 }
@@ -146,6 +150,13 @@ pub struct DeploymentsConfig {
     pub max_finished: usize,
     /// Log lines kept per deployment for replay.
     pub max_log_lines: usize,
+    /// Deployments pending or running at once; creating more answers 429.
+    pub max_active: usize,
+    /// Seconds without an event after which a pending or running
+    /// deployment ends as `failed` (timed out).
+    pub active_ttl_secs: u64,
+    /// Longest status message kept, in bytes (cut with `…[truncated]`).
+    pub max_message_bytes: usize,
 }
 
 impl Default for DeploymentsConfig {
@@ -154,6 +165,9 @@ impl Default for DeploymentsConfig {
         DeploymentsConfig {
             max_finished: limits.max_finished,
             max_log_lines: limits.max_log_lines,
+            max_active: limits.max_active,
+            active_ttl_secs: limits.active_ttl.as_secs(),
+            max_message_bytes: limits.max_message_bytes,
         }
     }
 }
@@ -254,6 +268,12 @@ impl RelayConfig {
         )?;
         positive("websocket.queue_bytes", ws.queue_bytes as u64)?;
         positive("http.max_connections", self.http.max_connections as u64)?;
+        positive("history.max_line_bytes", self.history.max_line_bytes as u64)?;
+        positive("deployments.max_active", self.deployments.max_active as u64)?;
+        positive(
+            "deployments.active_ttl_secs",
+            self.deployments.active_ttl_secs,
+        )?;
         positive("http.header_timeout_secs", self.http.header_timeout_secs)?;
         positive(
             "websocket.messages_per_second",
@@ -302,6 +322,7 @@ impl RelayConfig {
         HistoryLimits {
             lines_per_source: self.history.lines_per_source,
             bytes_per_source: self.history.bytes_per_source,
+            max_line_bytes: self.history.max_line_bytes,
         }
     }
 
@@ -309,6 +330,9 @@ impl RelayConfig {
         RegistryLimits {
             max_finished: self.deployments.max_finished,
             max_log_lines: self.deployments.max_log_lines,
+            max_active: self.deployments.max_active,
+            active_ttl: Duration::from_secs(self.deployments.active_ttl_secs),
+            max_message_bytes: self.deployments.max_message_bytes,
         }
     }
 }

@@ -62,7 +62,18 @@ pub enum DeploymentError {
     AlreadyEnded(DeploymentStatus),
     #[error("a deployment cannot go back to `pending`")]
     BackToPending,
+    #[error(
+        "too many deployments in progress: at most {0} pending or running at once; finish or cancel some"
+    )]
+    TooManyActive(usize),
+    #[error("field `{0}` is too long: at most {1} bytes")]
+    TooLong(&'static str, usize),
 }
+
+/// Longest application or host name of a deployment.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Most hosts a deployment names.
+pub const MAX_HOSTS: usize = 1000;
 
 /// Limits of the registry.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +82,13 @@ pub struct RegistryLimits {
     pub max_finished: usize,
     /// Log lines kept per deployment for replay.
     pub max_log_lines: usize,
+    /// Deployments pending or running at once; more are refused (429).
+    pub max_active: usize,
+    /// A pending or running deployment with no event for this long ends
+    /// as `failed` (timed out).
+    pub active_ttl: std::time::Duration,
+    /// Longest status message kept; longer ones are cut.
+    pub max_message_bytes: usize,
 }
 
 impl Default for RegistryLimits {
@@ -78,6 +96,9 @@ impl Default for RegistryLimits {
         RegistryLimits {
             max_finished: 1000,
             max_log_lines: 1000,
+            max_active: 10_000,
+            active_ttl: std::time::Duration::from_secs(3600),
+            max_message_bytes: 4096,
         }
     }
 }
@@ -166,6 +187,19 @@ impl Registry {
         message: Option<String>,
         now: Timestamp,
     ) -> Result<Deployment, DeploymentError> {
+        if application.len() > MAX_NAME_BYTES {
+            return Err(DeploymentError::TooLong("application", MAX_NAME_BYTES));
+        }
+        if hosts.len() > MAX_HOSTS {
+            return Err(DeploymentError::TooLong("hosts", MAX_HOSTS));
+        }
+        if hosts.iter().any(|h| h.len() > MAX_NAME_BYTES) {
+            return Err(DeploymentError::TooLong("hosts[]", MAX_NAME_BYTES));
+        }
+        if self.active() >= self.limits.max_active {
+            return Err(DeploymentError::TooManyActive(self.limits.max_active));
+        }
+        let message = message.map(|m| o1_common::text::cut(m, self.limits.max_message_bytes));
         let id = match id {
             Some(id) if !valid_id(&id) => return Err(DeploymentError::InvalidId(id)),
             Some(id) if self.deployments.contains_key(&id) => {
@@ -248,7 +282,7 @@ impl Registry {
             deployment.progress = 100;
         }
         if let Some(message) = update.message {
-            deployment.message = message;
+            deployment.message = o1_common::text::cut(message, self.limits.max_message_bytes);
         }
         deployment.updated_at = now;
         let ended = status.is_final();
@@ -268,6 +302,62 @@ impl Registry {
             }
         }
         Ok(changed)
+    }
+
+    /// Deployments pending or running now.
+    pub fn active(&self) -> usize {
+        self.deployments.len().saturating_sub(self.finished.len())
+    }
+
+    /// Ends as `failed` every pending or running deployment with no event
+    /// within the TTL; returns what changed, for the hub to announce.
+    pub fn expire(&mut self, now: Timestamp) -> Vec<Changed> {
+        let ttl_ms = self.limits.active_ttl.as_millis() as i64;
+        let stale: Vec<String> = self
+            .deployments
+            .values()
+            .filter(|d| {
+                !d.status.is_final() && now.unix_millis - d.updated_at.unix_millis >= ttl_ms
+            })
+            .map(|d| d.deployment_id.clone())
+            .collect();
+        let message = format!(
+            "Deployment timed out: no event for {} s",
+            self.limits.active_ttl.as_secs()
+        );
+        stale
+            .into_iter()
+            .filter_map(|id| {
+                let update = Update {
+                    status: Some(DeploymentStatus::Failed),
+                    progress: None,
+                    message: Some(message.clone()),
+                };
+                self.update(&id, update, None, now).ok()
+            })
+            .collect()
+    }
+
+    /// One page of the list, newest first: up to `limit` deployments after
+    /// the one with id `before` (from the start when `None`), and whether
+    /// more follow.
+    pub fn page(&self, before: Option<&str>, limit: usize) -> (Vec<Deployment>, bool) {
+        let all = self.list();
+        let start = match before {
+            Some(id) => all
+                .iter()
+                .position(|d| d.deployment_id == id)
+                .map_or(all.len(), |i| i + 1),
+            None => 0,
+        };
+        let page: Vec<Deployment> = all
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|d| (*d).clone())
+            .collect();
+        let more = start + page.len() < all.len();
+        (page, more)
     }
 
     /// Records a log line of a deployment (kept for replay).

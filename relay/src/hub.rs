@@ -38,6 +38,8 @@ pub struct HistoryLimits {
     pub lines_per_source: usize,
     /// Bytes of serialized lines kept per (host, application).
     pub bytes_per_source: usize,
+    /// Longest log line kept and sent; longer ones are cut.
+    pub max_line_bytes: usize,
 }
 
 impl Default for HistoryLimits {
@@ -45,6 +47,7 @@ impl Default for HistoryLimits {
         HistoryLimits {
             lines_per_source: 1000,
             bytes_per_source: 512 * 1024,
+            max_line_bytes: 64 * 1024,
         }
     }
 }
@@ -516,6 +519,17 @@ impl Hub {
     }
 
     fn route_log(&self, index: &Index, host: &str, record: &LogRecord, ingested_at: Instant) {
+        // An agent or a REST publisher may send any length: cut here.
+        let cut;
+        let record = if record.message.len() > self.limits.max_line_bytes {
+            cut = LogRecord {
+                message: o1_common::text::cut(record.message.clone(), self.limits.max_line_bytes),
+                ..record.clone()
+            };
+            &cut
+        } else {
+            record
+        };
         let timestamp = Timestamp::from_unix_millis(record.timestamp_ms);
         let message = LogMessage {
             subscription_id: None,
@@ -653,6 +667,18 @@ impl Hub {
         let changed = self.lock_deployments().update(id, update, None, now)?;
         self.announce(&index, &changed);
         Ok(changed.deployment)
+    }
+
+    /// Ends deployments that stopped reporting (see
+    /// [`Registry::expire`]) and tells their subscribers.
+    pub fn expire_deployments(&self, now: Timestamp) -> usize {
+        let index = self.read_index();
+        let expired = self.lock_deployments().expire(now);
+        for changed in &expired {
+            tracing::info!(deployment = %changed.deployment.deployment_id, "deployment timed out");
+            self.announce(&index, changed);
+        }
+        expired.len()
     }
 
     /// Publishes log lines of a deployment given over REST.

@@ -161,6 +161,20 @@ pub async fn run(state: AppState, listeners: Listeners) -> anyhow::Result<()> {
             "no tokens configured (auth.token_sha256): every agent and REST publisher will be refused"
         );
     }
+    // Deployments that stop reporting end as failed.
+    {
+        let (hub, shutdown) = (state.hub.clone(), shutdown.clone());
+        let every = Duration::from_secs(state.config.deployments.active_ttl_secs.clamp(1, 60));
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                hub.expire_deployments(o1_common::Timestamp::now());
+            }
+        });
+    }
     if let Some(endpoint) = listeners.uplink {
         tracker.spawn(uplink::serve(endpoint, state.clone(), shutdown.clone()));
     }

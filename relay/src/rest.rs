@@ -318,14 +318,15 @@ fn deployment_error(e: DeploymentError) -> Response {
         DeploymentError::AlreadyExists(_)
         | DeploymentError::AlreadyEnded(_)
         | DeploymentError::BackToPending => StatusCode::CONFLICT,
-        DeploymentError::InvalidId(_) | DeploymentError::ProgressOutOfRange(_) => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        DeploymentError::InvalidId(_)
+        | DeploymentError::ProgressOutOfRange(_)
+        | DeploymentError::TooLong(..) => StatusCode::UNPROCESSABLE_ENTITY,
+        DeploymentError::TooManyActive(_) => StatusCode::TOO_MANY_REQUESTS,
     };
-    let code = if status == StatusCode::NOT_FOUND {
-        ErrorCode::SubscriptionFailed
-    } else {
-        ErrorCode::InvalidMessage
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::SubscriptionFailed,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimitExceeded,
+        _ => ErrorCode::InvalidMessage,
     };
     error(status, code, e.to_string())
 }
@@ -467,12 +468,58 @@ pub async fn cancel_deployment(
     }
 }
 
-/// `GET /api/deployments`.
-pub async fn list_deployments(State(state): State<AppState>) -> Response {
-    let registry = state.hub.lock_deployments();
-    let list: Vec<_> = registry.list().into_iter().cloned().collect();
-    drop(registry);
-    Json(serde_json::json!({ "deployments": list })).into_response()
+/// Query of `GET /api/deployments`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Most deployments in the answer (default 100, at most 1000).
+    limit: Option<usize>,
+    /// The `deploymentId` the previous page ended with.
+    before: Option<String>,
+}
+
+/// Largest page of `GET /api/deployments`.
+pub const MAX_PAGE: usize = 1000;
+
+/// `GET /api/deployments?limit=&before=`: newest first, one page; `next`
+/// is the `before` of the next page (`null` on the last). Built and
+/// serialized on a blocking thread, never on the async workers.
+pub async fn list_deployments(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(axum::extract::Query(query)) => query,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidMessage,
+                rejection.body_text(),
+            );
+        }
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let hub = state.hub.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let (page, more) = hub.lock_deployments().page(query.before.as_deref(), limit);
+        let next = more
+            .then(|| page.last().map(|d| d.deployment_id.clone()))
+            .flatten();
+        serde_json::to_vec(&serde_json::json!({ "deployments": page, "next": next }))
+    })
+    .await;
+    match built {
+        Ok(Ok(body)) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::ConnectionFailed,
+            "cannot list deployments",
+        ),
+    }
 }
 
 /// `GET /api/deployments/{id}`.

@@ -318,3 +318,115 @@ async fn idle_and_slowloris_http_sockets_are_closed_and_a_full_listener_says_so(
     assert_eq!(served.status(), 200);
     assert!(metric(&relay, "o1_http_connections_refused_total").await >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deployments_are_capped_expire_cut_long_lines_and_list_in_pages() {
+    let (_dir, pki, relay) = relay(
+        "[deployments]\nmax_active = 3\nactive_ttl_secs = 2\n\n[history]\nmax_line_bytes = 1024\n",
+    );
+    let http = reqwest::Client::new();
+    let create = |id: String| {
+        let (http, url, token) = (
+            http.clone(),
+            relay.url("/api/deployments"),
+            pki.token.clone(),
+        );
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&json!({"deploymentId": id, "application": "web"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(create(format!("d{i}")).await.status(), 201);
+    }
+    let refused = create("d3".into()).await;
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("at most 3"),
+        "{body}"
+    );
+
+    // A subscriber of d0 sees a 1 MiB line cut, then d0 time out.
+    let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
+    client
+        .subscribe(json!({"type": "subscribe", "deploymentId": "d0"}))
+        .await
+        .unwrap();
+    let huge = "z".repeat(1 << 20);
+    let posted = http
+        .post(relay.url("/api/deployments/d0/events"))
+        .bearer_auth(&pki.token)
+        .json(&json!({"logs": [{"message": huge}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(posted.status().is_success(), "{}", posted.status());
+    let seen = client
+        .recv_until(T, |m| m["type"] == "status")
+        .await
+        .unwrap();
+    let line = seen.iter().find(|m| m["type"] == "log").expect("the line");
+    let text = line["message"].as_str().unwrap();
+    assert!(
+        text.len() <= 1024 + 16 && text.ends_with("…[truncated]"),
+        "{}",
+        text.len()
+    );
+    let status = seen.last().unwrap();
+    assert_eq!(status["status"], "failed");
+    assert!(
+        status["message"].as_str().unwrap().contains("timed out"),
+        "{status}"
+    );
+
+    // The expired ones no longer count: new ones are accepted, and the
+    // list comes in pages, newest first, every deployment once.
+    let mut created = Vec::new();
+    for i in 10..15 {
+        let id = format!("d{i}");
+        assert_eq!(create(id.clone()).await.status(), 201, "{id}");
+        created.push(id);
+        if created.len() == 3 {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+    }
+    let mut listed = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let url = match &before {
+            Some(id) => relay.url(&format!("/api/deployments?limit=2&before={id}")),
+            None => relay.url("/api/deployments?limit=2"),
+        };
+        let page = get_json(&url).await.unwrap();
+        let items = page["deployments"].as_array().unwrap();
+        assert!(items.len() <= 2, "{page}");
+        listed.extend(
+            items
+                .iter()
+                .map(|d| d["deploymentId"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => before = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let mut unique = listed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        listed.len(),
+        "no deployment twice: {listed:?}"
+    );
+    assert_eq!(listed.len(), 8, "{listed:?}");
+    assert_eq!(listed[0], "d14", "newest first: {listed:?}");
+    let bad = reqwest::get(relay.url("/api/deployments?limit=many"))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
