@@ -460,10 +460,95 @@ mod tests {
     }
 
     #[test]
+    fn active_deployments_are_capped_and_silent_ones_expire() {
+        let mut registry = Registry::new(RegistryLimits {
+            max_active: 2,
+            active_ttl: std::time::Duration::from_secs(60),
+            ..RegistryLimits::default()
+        });
+        let t0 = at("2024-01-15T10:30:00Z");
+        for id in ["a", "b"] {
+            registry
+                .create(Some(id.into()), "web".into(), vec![], None, t0)
+                .unwrap();
+        }
+        assert!(matches!(
+            registry.create(Some("c".into()), "web".into(), vec![], None, t0),
+            Err(DeploymentError::TooManyActive(2))
+        ));
+        registry
+            .update(
+                "b",
+                Update {
+                    progress: Some(10),
+                    ..Update::default()
+                },
+                None,
+                at("2024-01-15T10:30:30Z"),
+            )
+            .unwrap();
+        let expired = registry.expire(at("2024-01-15T10:31:00Z"));
+        assert_eq!(expired.len(), 1, "only the one silent for the TTL");
+        assert_eq!(expired[0].deployment.deployment_id, "a");
+        assert_eq!(expired[0].deployment.status, DeploymentStatus::Failed);
+        assert!(expired[0].ended);
+        assert_eq!(registry.active(), 1);
+        registry
+            .create(Some("c".into()), "web".into(), vec![], None, t0)
+            .unwrap();
+        let long = "x".repeat(300);
+        assert!(matches!(
+            registry.create(None, long, vec![], None, t0),
+            Err(DeploymentError::TooLong("application", _))
+        ));
+    }
+
+    #[test]
+    fn pages_cover_the_list_once_newest_first() {
+        let mut registry = Registry::default();
+        for (i, time) in ["10:30:01", "10:30:02", "10:30:03", "10:30:04", "10:30:05"]
+            .iter()
+            .enumerate()
+        {
+            registry
+                .create(
+                    Some(format!("d{i}")),
+                    "web".into(),
+                    vec![],
+                    None,
+                    at(&format!("2024-01-15T{time}Z")),
+                )
+                .unwrap();
+        }
+        let ids = |page: &[Deployment]| {
+            page.iter()
+                .map(|d| d.deployment_id.clone())
+                .collect::<Vec<_>>()
+        };
+        let (first, more) = registry.page(None, 2);
+        assert_eq!(
+            (ids(&first), more),
+            (vec!["d4".to_owned(), "d3".into()], true)
+        );
+        let (second, more) = registry.page(Some("d3"), 2);
+        assert_eq!(
+            (ids(&second), more),
+            (vec!["d2".to_owned(), "d1".into()], true)
+        );
+        let (last, more) = registry.page(Some("d1"), 2);
+        assert_eq!((ids(&last), more), (vec!["d0".to_owned()], false));
+        assert!(
+            registry.page(Some("gone"), 2).0.is_empty(),
+            "an unknown cursor is past the end"
+        );
+    }
+
+    #[test]
     fn finished_deployments_are_bounded() {
         let mut registry = Registry::new(RegistryLimits {
             max_finished: 2,
             max_log_lines: 1,
+            ..RegistryLimits::default()
         });
         let now = at("2024-01-15T10:30:00Z");
         for i in 0..3 {
