@@ -79,6 +79,11 @@ pub struct WebSocketConfig {
     /// Bytes queued per connection (everything: replies, replays, live)
     /// before log lines are dropped; replies over it mark the reader slow.
     pub queue_bytes: usize,
+    /// History lines one connection may replay per second (`tail`), and in
+    /// a burst; beyond them a replay is cut and the rest counted as
+    /// dropped.
+    pub replay_lines_per_second: u32,
+    pub replay_burst: u32,
     /// Seconds a connection's queue may stay full before it is closed (4008).
     pub stall_timeout_secs: u64,
     /// Read buffer per connection in bytes.
@@ -102,6 +107,8 @@ impl Default for WebSocketConfig {
             ping_timeout_secs: 30,
             queue_messages: 8192,
             queue_bytes: 4 * 1024 * 1024,
+            replay_lines_per_second: 2_000,
+            replay_burst: 20_000,
             stall_timeout_secs: 30,
             read_buffer_bytes: 4096,
             write_buffer_bytes: 16 * 1024,

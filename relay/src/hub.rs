@@ -7,9 +7,13 @@
 //! splices its `subscriptionId` in (see [`Outgoing::to_text`]).
 //!
 //! Lock order, always: `index` → `deployments` → `history`. Routing holds
-//! the index read lock while it appends to history and pushes to queues; a
-//! subscription holds the write lock while it replays history and inserts
-//! itself, so a subscriber sees every item exactly once, history then live.
+//! the index read lock while it appends to history and pushes to queues.
+//! A `tail` subscription holds the write lock only to insert itself (with a
+//! gate that holds back its live lines) and to take a snapshot of the
+//! candidate history lines (reference-counted: no copying, no matching);
+//! it filters and replays the snapshot after releasing every lock, then
+//! opens the gate. So a subscriber sees every item exactly once, history
+//! then live, and ingest never waits for a replay to be walked.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +75,36 @@ struct LogSubscription {
     id: u64,
     filter: LogFilter,
     outbound: Arc<Outbound>,
+    /// While its replay is being prepared, live lines wait here.
+    gate: Option<Arc<ReplayGate>>,
+}
+
+/// Most live lines held back while a replay is prepared; more are dropped
+/// and counted.
+const GATE_LINES: usize = 4096;
+
+/// Holds a new subscription's live lines until its replay is queued.
+#[derive(Debug, Default)]
+struct ReplayGate {
+    /// `None` once open.
+    held: Mutex<Option<(Vec<Outgoing>, u64)>>,
+}
+
+impl LogSubscription {
+    fn deliver(&self, message: Outgoing) {
+        if let Some(gate) = &self.gate {
+            let mut held = gate.held.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((lines, dropped)) = held.as_mut() {
+                if lines.len() < GATE_LINES {
+                    lines.push(message);
+                } else {
+                    *dropped += 1;
+                }
+                return;
+            }
+        }
+        self.outbound.push_log(message);
+    }
 }
 
 #[derive(Debug)]
@@ -212,7 +246,7 @@ struct HistoryLine {
 struct Source {
     host: Arc<str>,
     application: Arc<str>,
-    lines: VecDeque<HistoryLine>,
+    lines: VecDeque<Arc<HistoryLine>>,
     line_bytes: usize,
     latest_metric: Option<MetricsMessage>,
 }
@@ -310,52 +344,93 @@ impl Hub {
 
     /// Subscribes to logs. `ack` is queued first, then up to `tail` recent
     /// matching lines, then live lines.
+    ///
+    /// `allowance` is how many lines the connection may still replay (its
+    /// replay budget); matching lines beyond it are counted as dropped.
     pub fn subscribe_logs(
         &self,
         request: &SubscribeLogs,
         outbound: &Arc<Outbound>,
         ack: impl FnOnce(u64) -> Outgoing,
+        allowance: usize,
     ) -> SubscriptionHandle {
         let id = self.new_subscription_id();
         let filter = LogFilter::from_request(request);
-        let mut index = self.write_index();
-        outbound.push_reply(ack(id));
-        // At most what one source keeps: a larger tail could only walk
-        // more history under the write lock, never return more lines of it.
+        // At most what one source keeps: a larger tail could never return
+        // more lines of it.
         let tail = (request.tail.unwrap_or(0) as usize).min(self.limits.lines_per_source);
-        if tail > 0 {
-            let history = self.lock_history();
-            let mut replay: Vec<&HistoryLine> = history
-                .matching_sources(filter.host.as_deref(), filter.application.as_deref())
-                .flat_map(|source| source.lines.iter())
-                .filter(|line| filter.content_matches(line.level, &line.message))
-                .collect();
-            replay.sort_by_key(|line| line.sequence);
-            let skip = replay.len().saturating_sub(tail);
-            // Replayed lines are log lines: over the connection's budget
-            // they are dropped and counted, never held.
-            for line in &replay[skip..] {
+        let gate = (tail > 0).then(|| {
+            Arc::new(ReplayGate {
+                held: Mutex::new(Some((Vec::new(), 0))),
+            })
+        });
+        let snapshot: Vec<Vec<Arc<HistoryLine>>> = {
+            let mut index = self.write_index();
+            outbound.push_reply(ack(id));
+            let snapshot = if tail > 0 {
+                // Reference counts only: no matching under the lock.
+                let history = self.lock_history();
+                history
+                    .matching_sources(filter.host.as_deref(), filter.application.as_deref())
+                    .map(|source| source.lines.iter().cloned().collect())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            index.logs.insert(
+                filter.host.clone().as_deref(),
+                filter.application.clone().as_deref(),
+                LogSubscription {
+                    id,
+                    filter: filter.clone(),
+                    outbound: outbound.clone(),
+                    gate: gate.clone(),
+                },
+            );
+            snapshot
+        };
+        if let Some(gate) = gate {
+            // Outside every lock: the newest `tail` matching lines, in order.
+            let mut replay: Vec<&Arc<HistoryLine>> = Vec::with_capacity(tail);
+            let mut newest_first: Vec<&Arc<HistoryLine>> = snapshot.iter().flatten().collect();
+            newest_first.sort_unstable_by_key(|line| std::cmp::Reverse(line.sequence));
+            for line in newest_first {
+                if replay.len() == tail {
+                    break;
+                }
+                if filter.content_matches(line.level, &line.message) {
+                    replay.push(line);
+                }
+            }
+            // Over the connection's replay budget: the newest lines it
+            // allows, the others counted as dropped.
+            if replay.len() > allowance {
+                outbound.count_dropped(id, (replay.len() - allowance) as u64);
+                replay.truncate(allowance);
+            }
+            // Replayed lines are log lines: over the connection's byte
+            // budget they are dropped and counted, never held.
+            for line in replay.into_iter().rev() {
                 outbound.push_log(Outgoing {
                     subscription: id,
                     body: line.body.clone(),
                     ingested_at: None,
                 });
             }
+            // Queued under the gate's lock: a live line routed meanwhile
+            // waits, so it can never overtake the ones held back.
+            let mut held = gate.held.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((lines, dropped)) = held.take() {
+                for line in lines {
+                    outbound.push_log(line);
+                }
+                outbound.count_dropped(id, dropped);
+            }
         }
-        let handle = SubscriptionHandle {
+        SubscriptionHandle {
             id,
             kind: HandleKind::Logs(filter.host.clone(), filter.application.clone()),
-        };
-        index.logs.insert(
-            filter.host.clone().as_deref(),
-            filter.application.clone().as_deref(),
-            LogSubscription {
-                id,
-                filter,
-                outbound: outbound.clone(),
-            },
-        );
-        handle
+        }
     }
 
     /// Subscribes to metrics; the latest sample of every matching series is
@@ -565,12 +640,12 @@ impl Hub {
             history.next_sequence += 1;
             let source = history.source(host, &record.application);
             source.line_bytes += body.len();
-            source.lines.push_back(HistoryLine {
+            source.lines.push_back(Arc::new(HistoryLine {
                 sequence,
                 level: record.level,
                 message: record.message.clone(),
                 body: body.clone(),
-            });
+            }));
             while source.lines.len() > self.limits.lines_per_source
                 || (source.line_bytes > self.limits.bytes_per_source && source.lines.len() > 1)
             {
@@ -592,7 +667,7 @@ impl Hub {
                     filter.content_matches(record.level, "")
                 };
                 if matches {
-                    subscription.outbound.push_log(Outgoing {
+                    subscription.deliver(Outgoing {
                         subscription: subscription.id,
                         body: body.clone(),
                         ingested_at: Some(ingested_at),

@@ -203,6 +203,22 @@ impl Outbound {
         self.notify.notify_one();
     }
 
+    /// Counts `count` lines of `subscription` as dropped (the client is
+    /// told with a `dropped` message).
+    pub fn count_dropped(&self, subscription: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        match state.dropped.iter_mut().find(|(id, _)| *id == subscription) {
+            Some((_, n)) => *n += count,
+            None => state.dropped.push((subscription, count)),
+        }
+        drop(state);
+        self.stats.messages_dropped.add(count);
+        self.notify.notify_one();
+    }
+
     /// A metric sample: replaces a queued sample of the same series.
     pub fn push_metric(&self, key: SeriesKey, message: Outgoing) {
         let mut state = self.lock();

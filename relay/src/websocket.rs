@@ -285,6 +285,9 @@ enum ReadEnd {
 
 struct Connection {
     permit: GatePermit,
+    /// Lines this connection may replay (`tail`): refilled at
+    /// `websocket.replay_lines_per_second`, up to `replay_burst`.
+    replay: governor::DefaultDirectRateLimiter,
     subscriptions: Vec<SubscriptionHandle>,
     limiter: governor::DefaultDirectRateLimiter,
     /// Times of recent rate-limited messages, for abuse detection.
@@ -303,8 +306,12 @@ async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, permit: Gat
     let quota =
         Quota::per_second(NonZeroU32::new(ws.messages_per_second).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(ws.burst).unwrap_or(NonZeroU32::MIN));
+    let replay_quota =
+        Quota::per_second(NonZeroU32::new(ws.replay_lines_per_second).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(ws.replay_burst).unwrap_or(NonZeroU32::MIN));
     let mut connection = Connection {
         permit,
+        replay: RateLimiter::direct(replay_quota),
         subscriptions: Vec::new(),
         limiter: RateLimiter::direct(quota),
         limited_at: std::collections::VecDeque::new(),
@@ -632,7 +639,16 @@ fn handle_text(
             }
         }
         ClientMessage::SubscribeLogs(request) => {
-            Some(state.hub.subscribe_logs(request, outbound, ack))
+            let wanted = request
+                .tail
+                .unwrap_or(0)
+                .min(u32::try_from(state.config.history.lines_per_source).unwrap_or(u32::MAX));
+            let allowance = take_replay_tokens(&connection.replay, wanted);
+            Some(
+                state
+                    .hub
+                    .subscribe_logs(request, outbound, ack, allowance as usize),
+            )
         }
         ClientMessage::SubscribeMetrics(request) => {
             if request.metrics.as_ref().is_some_and(Vec::is_empty) {
@@ -695,6 +711,18 @@ fn handle_text(
         }
         connection.subscriptions.push(handle);
     }
+}
+
+/// Takes up to `wanted` tokens from the replay bucket; returns how many.
+fn take_replay_tokens(bucket: &governor::DefaultDirectRateLimiter, wanted: u32) -> u32 {
+    let mut n = wanted;
+    while n > 0 {
+        match NonZeroU32::new(n).map(|n| bucket.check_n(n)) {
+            Some(Ok(Ok(()))) => return n,
+            _ => n /= 2,
+        }
+    }
+    0
 }
 
 /// The first field over its size limit, and the limit.

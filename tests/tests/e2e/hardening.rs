@@ -389,11 +389,13 @@ async fn deployments_are_capped_expire_cut_long_lines_and_list_in_pages() {
     let mut created = Vec::new();
     for i in 10..15 {
         let id = format!("d{i}");
-        assert_eq!(create(id.clone()).await.status(), 201, "{id}");
+        // Each sweep (every 2 s here) ends the ones silent for 2 s.
+        o1_tests::eventually(Duration::from_secs(10), || async {
+            (create(id.clone()).await.status() == 201).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
         created.push(id);
-        if created.len() == 3 {
-            tokio::time::sleep(Duration::from_secs(4)).await;
-        }
     }
     let mut listed = Vec::new();
     let mut before: Option<String> = None;
@@ -429,4 +431,106 @@ async fn deployments_are_capped_expire_cut_long_lines_and_list_in_pages() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+}
+
+/// `line 00000042 …` as an agent would send it.
+fn numbered_log(n: u64) -> o1_common::wire::Item {
+    o1_tests::log_item(
+        "app",
+        o1_common::Level::Info,
+        &format!("line {n:08} 2026-11-28T14:00:00Z INFO GET /items/{n} 200"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_replays_under_ingest_are_exact_and_budgeted_per_connection() {
+    let (_dir, pki, relay) = relay(
+        "[history]\nlines_per_source = 1000\n\n[websocket]\nreplay_lines_per_second = 1\nreplay_burst = 1500\n",
+    );
+    let mut agent = o1_tests::SimAgent::connect(&relay, &pki, "busy")
+        .await
+        .unwrap();
+    let mut next = 0u64;
+    for _ in 0..20 {
+        agent
+            .send((next..next + 100).map(numbered_log).collect())
+            .await
+            .unwrap();
+        next += 100;
+    }
+    // Ingest goes on while subscribers join with `tail`: each must see a
+    // contiguous run, history then live, no gap and no repeat.
+    let total = 6000u64;
+    let publisher = tokio::spawn(async move {
+        let mut next = next;
+        while next < total {
+            agent
+                .send((next..next + 50).map(numbered_log).collect())
+                .await
+                .unwrap();
+            next += 50;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        agent
+    });
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
+        client
+            .subscribe(json!({"type": "subscribe-logs", "host": "busy", "tail": 1000}))
+            .await
+            .unwrap();
+        clients.push(client);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        while seen.last() != Some(&(total - 1)) {
+            let message = client.recv_json(T).await.unwrap();
+            if let Some(n) = o1_tests::line_number(&message) {
+                seen.push(n);
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            1000 + (total - 1 - seen[0]) as usize - 999,
+            "client {i}"
+        );
+        assert!(
+            seen.windows(2).all(|w| w[1] == w[0] + 1),
+            "client {i}: history then live, contiguous: starts at {}",
+            seen[0]
+        );
+    }
+    publisher.await.unwrap();
+
+    // The replay budget (1,500 lines in a burst here) is per connection:
+    // a second tail of 1,000 gets the newest 500 and is told of the rest.
+    let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
+    for round in 0..2 {
+        let id = client
+            .subscribe(json!({"type": "subscribe-logs", "host": "busy", "tail": 1000}))
+            .await
+            .unwrap();
+        let mut lines = Vec::new();
+        let mut dropped = 0;
+        while let Ok(message) = client.recv_json(Duration::from_millis(800)).await {
+            if message["subscriptionId"] != id {
+                continue;
+            }
+            match message["type"].as_str() {
+                Some("log") => lines.push(o1_tests::line_number(&message).unwrap()),
+                Some("dropped") => dropped += message["count"].as_u64().unwrap(),
+                _ => {}
+            }
+        }
+        let expected = if round == 0 { 1000 } else { 500 };
+        assert_eq!(lines.len(), expected, "round {round}");
+        assert_eq!(lines.last(), Some(&(total - 1)), "the newest lines");
+        assert_eq!(
+            dropped as usize,
+            1000 - expected,
+            "round {round}: the rest is announced"
+        );
+    }
 }
