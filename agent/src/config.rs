@@ -226,6 +226,11 @@ pub struct ApplicationConfig {
     pub logs: Vec<String>,
     #[serde(default = "default_multiline")]
     pub multiline: Multiline,
+    /// Follow symbolic links among the log files (off: a link is reported
+    /// and skipped, so whoever owns a log directory cannot make the agent
+    /// ship another file it can read).
+    #[serde(default)]
+    pub follow_symlinks: bool,
     /// Entries of the systemd journal to ship as this application's logs.
     pub journal: Option<JournalConfig>,
 }

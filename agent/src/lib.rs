@@ -80,6 +80,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             state_dir.display()
         )
     })?;
+    // Private: the spool holds log lines, the checkpoint file paths.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(error) =
+            std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
+        {
+            tracing::warn!(%error, dir = %state_dir.display(), "cannot make the state directory private (0700)");
+        }
+    }
     let agent_id = agent_id(&state_dir)?;
     let checkpoint_path = checkpoint::checkpoint_path(&state_dir);
     let (checkpoint, had_checkpoint) = match checkpoint::load(&checkpoint_path) {
@@ -149,6 +158,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             name: a.name.clone(),
             patterns: a.logs.clone(),
             multiline: a.multiline,
+            follow_symlinks: a.follow_symlinks,
         })
         .collect();
     if !apps.is_empty() {

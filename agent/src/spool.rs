@@ -395,11 +395,15 @@ impl Spool {
             current.file.sync_data()?;
         }
         let path = self.dir.join(segment_name(first_sequence));
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&path)?
+        };
         self.segments.push_back(Segment {
             first_sequence,
             path,

@@ -55,6 +55,8 @@ pub struct AppLogs {
     pub name: String,
     pub patterns: Vec<String>,
     pub multiline: Multiline,
+    /// Follow symbolic links (otherwise they are skipped and reported).
+    pub follow_symlinks: bool,
 }
 
 #[derive(Debug)]
@@ -306,8 +308,20 @@ impl Tailer {
                         continue;
                     }
                 };
+                let follow = self.apps[app_index].follow_symlinks;
                 for path in paths.flatten() {
-                    let metadata = match std::fs::metadata(&path) {
+                    let stat = if follow {
+                        std::fs::metadata(&path)
+                    } else {
+                        std::fs::symlink_metadata(&path)
+                    };
+                    let metadata = match stat {
+                        Ok(metadata) if metadata.file_type().is_symlink() => {
+                            if self.unreadable.insert(path.clone()) {
+                                tracing::error!(path = %path.display(), "cannot read log file: it is a symbolic link, not followed (set follow_symlinks = true for this application to follow it)");
+                            }
+                            continue;
+                        }
                         Ok(metadata) => metadata,
                         Err(error) => {
                             // A dangling link or a file we may not stat.
@@ -529,7 +543,7 @@ impl Tailer {
             }
             return true;
         }
-        let file = match File::open(path) {
+        let file = match open_log(path, self.apps[app].follow_symlinks) {
             Ok(file) => {
                 self.unreadable.remove(path);
                 file
@@ -775,7 +789,7 @@ impl Tailer {
             {
                 continue;
             }
-            let Ok(copy) = File::open(&path) else {
+            let Ok(copy) = open_log(&path, false) else {
                 continue;
             };
             let mut prefix = vec![0u8; fingerprint_len];
@@ -1059,10 +1073,22 @@ fn born_ns(metadata: &Metadata) -> Option<u64> {
     u64::try_from(since.as_nanos()).ok()
 }
 
+/// Opens a log file; without `follow`, a path that is (or became, since
+/// it was looked at) a symbolic link fails (`O_NOFOLLOW`).
+fn open_log(path: &Path, follow: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if !follow {
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
+}
+
 /// Whether the file at `path` is the one `entry` knew, and where to
 /// resume it. `None` if it cannot be read.
 fn identify(entry: &FileOffset, path: &Path, metadata: &Metadata) -> Option<Resume> {
-    let file = File::open(path).ok()?;
+    let file = open_log(path, false).ok()?;
     let mut prefix = vec![0u8; FINGERPRINT_BYTES];
     let got = read_full_at(&file, &mut prefix, 0);
     prefix.truncate(got);
@@ -1172,6 +1198,7 @@ mod tests {
             name: "a".into(),
             patterns: vec![],
             multiline: Multiline::None,
+            follow_symlinks: false,
         };
         let record = make_record(&app, b"ERROR bad \xff byte\r", 1000);
         assert_eq!(record.message, "ERROR bad \u{fffd} byte");

@@ -79,6 +79,7 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
             data_dir: Some(data_dir.clone()),
             logs: vec![log.display().to_string()],
             multiline: o1_agent::config::Multiline::None,
+            follow_symlinks: false,
             journal: None,
         });
     agent.validate()?;

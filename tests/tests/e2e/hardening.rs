@@ -534,3 +534,75 @@ async fn tail_replays_under_ingest_are_exact_and_budgeted_per_connection() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_does_not_follow_symlinks_unless_told_and_keeps_its_state_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = crate::tailing::setup();
+    let secret = s.dir.path().join("secret");
+    std::fs::write(&secret, "line 99999999 the contents of a private file\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = s.log_dir.join("app.log");
+    std::fs::write(&log, "").unwrap();
+    std::os::unix::fs::symlink(&secret, s.log_dir.join("evil.log")).unwrap();
+    // A second application that opts in.
+    let linked_dir = s.dir.path().join("linked");
+    std::fs::create_dir_all(&linked_dir).unwrap();
+    let target = s.dir.path().join("real.log");
+    std::fs::write(
+        &target,
+        "line 00000005 through a link the operator wanted\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&target, linked_dir.join("current.log")).unwrap();
+    let config = crate::tailing::agent_config(&s.log_dir.join("*.log"), "")
+        + &format!(
+            "[[application]]\nname = \"linked\"\nfollow_symlinks = true\nlogs = [\"{}/*.log\"]\n",
+            linked_dir.display()
+        );
+    let agent_dir = s.dir.path().join("agent");
+    let agent = o1_tests::Agent::start(&agent_dir, &s.pki, &s.relay, "tail-host", &config).unwrap();
+    o1_tests::wait_for_host(&s.relay, "tail-host")
+        .await
+        .unwrap();
+    let mut client = crate::tailing::subscribe(&s.relay).await;
+    o1_tests::append_numbered(&log, 0, 5).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        let message = client.recv_json(T).await.unwrap();
+        let n = o1_tests::line_number(&message).unwrap();
+        assert_ne!(
+            n, 99_999_999,
+            "the linked private file was shipped: {message}"
+        );
+        seen.push(n);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, vec![0, 1, 2, 3, 4, 5]);
+    while let Ok(message) = client.recv_json(Duration::from_millis(1500)).await {
+        assert_ne!(
+            o1_tests::line_number(&message),
+            Some(99_999_999),
+            "{message}"
+        );
+    }
+    let text = agent.log();
+    assert!(
+        text.contains("symbolic link") && text.contains("evil.log"),
+        "{text}"
+    );
+    // State: a private directory, private files.
+    let state = agent_dir.join("state");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    o1_tests::eventually(Duration::from_secs(10), || async {
+        state.join("checkpoint.json").exists().then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(mode(&state.join("checkpoint.json")), 0o600);
+    assert_eq!(mode(&state.join("agent-id")), 0o600);
+    for segment in std::fs::read_dir(state.join("spool")).unwrap() {
+        assert_eq!(mode(&segment.unwrap().path()), 0o600);
+    }
+}
