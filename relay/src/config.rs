@@ -36,6 +36,10 @@ pub struct HttpConfig {
     /// Seconds a client has to send a request's headers (also the longest
     /// an idle keep-alive connection stays open).
     pub header_timeout_secs: u64,
+    /// Reverse proxies (CIDRs) whose `Forwarded` / `X-Forwarded-For` names
+    /// the client: per-address limits then count the client, not the proxy.
+    /// Empty (default): those headers are ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for HttpConfig {
@@ -44,6 +48,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             max_connections: 10_000,
             header_timeout_secs: 10,
+            trusted_proxies: Vec::new(),
         }
     }
 }

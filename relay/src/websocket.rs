@@ -68,6 +68,62 @@ pub fn client_key(address: IpAddr) -> IpAddr {
     }
 }
 
+/// The client's address: the peer, or, when the peer is a trusted proxy,
+/// the nearest address in `Forwarded` (or else `X-Forwarded-For`) that is
+/// not itself a trusted proxy.
+pub fn client_address(
+    peer: IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut chain: Vec<IpAddr> = headers
+        .get_all(axum::http::header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|element| {
+            element.split(';').find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                key.eq_ignore_ascii_case("for").then(|| parse_node(value))?
+            })
+        })
+        .collect();
+    if chain.is_empty() {
+        chain = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(parse_node)
+            .collect();
+    }
+    chain
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+/// An address in `Forwarded`/`X-Forwarded-For`: `192.0.2.1`,
+/// `192.0.2.1:80`, `"[2001:db8::1]:80"`, `2001:db8::1`; `unknown` and
+/// obfuscated names are `None`.
+fn parse_node(text: &str) -> Option<IpAddr> {
+    let text = text.trim().trim_matches('"');
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    text.rsplit_once(':')?.0.parse().ok()
+}
+
 /// Connections and subscriptions held by one client address.
 #[derive(Debug, Default, Clone, Copy)]
 struct Held {
@@ -198,8 +254,11 @@ impl Drop for GatePermit {
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let client = client_address(peer.ip(), &headers, &state.config.http.trusted_proxies);
+    let peer = SocketAddr::new(client, peer.port());
     let ws = &state.config.websocket;
     let upgrade = upgrade
         .read_buffer_size(ws.read_buffer_bytes)
@@ -753,6 +812,60 @@ fn reply_invalid(outbound: &Outbound, state: &AppState, error: &DecodeError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_headers_are_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut map = axum::http::HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(*name, value.parse().unwrap());
+            }
+            map
+        };
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let table: &[(&str, &[(&'static str, &str)], &str)] = &[
+            (
+                "203.0.113.9",
+                &[("x-forwarded-for", "198.51.100.1")],
+                "203.0.113.9",
+            ),
+            (
+                "10.0.0.2",
+                &[("x-forwarded-for", "198.51.100.1")],
+                "198.51.100.1",
+            ),
+            (
+                "10.0.0.2",
+                &[("x-forwarded-for", "198.51.100.1, 10.0.0.7")],
+                "198.51.100.1",
+            ),
+            (
+                "10.0.0.2",
+                &[("x-forwarded-for", "1.2.3.4, 198.51.100.1")],
+                "198.51.100.1",
+            ),
+            (
+                "10.0.0.2",
+                &[("forwarded", "for=192.0.2.60;proto=http;by=10.0.0.2")],
+                "192.0.2.60",
+            ),
+            (
+                "10.0.0.2",
+                &[("forwarded", "for=\"[2001:db8:cafe::17]:4711\"")],
+                "2001:db8:cafe::17",
+            ),
+            ("10.0.0.2", &[("forwarded", "for=unknown")], "10.0.0.2"),
+            ("10.0.0.2", &[], "10.0.0.2"),
+        ];
+        for (peer, pairs, expected) in table {
+            assert_eq!(
+                client_address(ip(peer), &headers(pairs), &trusted),
+                ip(expected),
+                "{peer} {pairs:?}"
+            );
+        }
+    }
 
     #[test]
     fn limits_count_ipv6_by_its_64_and_mapped_ipv4_as_ipv4() {

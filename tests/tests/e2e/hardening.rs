@@ -606,3 +606,41 @@ async fn the_agent_does_not_follow_symlinks_unless_told_and_keeps_its_state_priv
         assert_eq!(mode(&segment.unwrap().path()), 0o600);
     }
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_limits_count_the_forwarded_client() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (_dir, _pki, relay) = relay(
+        "[http]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[websocket]\nmax_connections_per_address = 2\n",
+    );
+    let connect = |client: &'static str| {
+        let url = relay.ws_url();
+        async move {
+            let mut request = url.into_client_request().unwrap();
+            request
+                .headers_mut()
+                .insert("x-forwarded-for", client.parse().unwrap());
+            let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+            WsClient { stream }
+        }
+    };
+    let _a = connect("203.0.113.5").await;
+    let _b = connect("203.0.113.5").await;
+    let mut third = connect("203.0.113.5").await;
+    let error = third.recv_json(T).await.unwrap();
+    assert_eq!(error["code"], "connection_failed", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("203.0.113.5"),
+        "{error}"
+    );
+    assert!(matches!(
+        third.closed(T).await.unwrap(),
+        o1_tests::Closed::Frame { code: 1013, .. }
+    ));
+    // Another client behind the same proxy is not affected.
+    let mut other = connect("198.51.100.7").await;
+    other
+        .subscribe(json!({"type": "subscribe-logs"}))
+        .await
+        .unwrap();
+}
