@@ -824,7 +824,9 @@ mod tests {
             map
         };
         let ip = |text: &str| text.parse::<IpAddr>().unwrap();
-        let table: &[(&str, &[(&'static str, &str)], &str)] = &[
+        // (peer, headers, the client it stands for)
+        type Case<'a> = (&'a str, &'a [(&'static str, &'a str)], &'a str);
+        let table: &[Case] = &[
             (
                 "203.0.113.9",
                 &[("x-forwarded-for", "198.51.100.1")],
