@@ -294,6 +294,12 @@ impl FrameReader {
         }
     }
 
+    /// Changes the largest frame accepted from now on (e.g. small until the
+    /// peer authenticated).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// Bytes held that do not yet form a frame.
     pub fn buffered(&self) -> usize {
         self.buffer.len()

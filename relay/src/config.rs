@@ -199,6 +199,12 @@ pub struct UplinkConfig {
     pub idle_timeout_secs: u64,
     /// Most agents connected at once.
     pub max_agents: usize,
+    /// Most connections still in their handshake (TLS, hello) at once;
+    /// more are refused.
+    pub max_handshaking: usize,
+    /// A host disconnected and silent for this long leaves the inventory
+    /// (`/api/hosts`), seconds.
+    pub forget_hosts_after_secs: u64,
 }
 
 impl Default for UplinkConfig {
@@ -210,6 +216,8 @@ impl Default for UplinkConfig {
             max_frame_bytes: o1_common::wire::DEFAULT_MAX_FRAME,
             idle_timeout_secs: 10,
             max_agents: 10_000,
+            max_handshaking: 256,
+            forget_hosts_after_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -282,6 +290,11 @@ impl RelayConfig {
         positive("http.max_connections", self.http.max_connections as u64)?;
         positive("history.max_line_bytes", self.history.max_line_bytes as u64)?;
         positive("deployments.max_active", self.deployments.max_active as u64)?;
+        positive("uplink.max_handshaking", self.uplink.max_handshaking as u64)?;
+        positive(
+            "uplink.forget_hosts_after_secs",
+            self.uplink.forget_hosts_after_secs,
+        )?;
         positive(
             "deployments.active_ttl_secs",
             self.deployments.active_ttl_secs,

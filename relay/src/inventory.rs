@@ -19,7 +19,17 @@ pub struct HostEntry {
     pub open_connections: u32,
     pub last_seen: Timestamp,
     pub connected_since: Option<Timestamp>,
-    pub applications: Vec<ApplicationEntry>,
+    /// By name (a map: looking one up is not a scan); served as a list
+    /// sorted by name.
+    #[serde(serialize_with = "as_list")]
+    pub applications: BTreeMap<String, ApplicationEntry>,
+}
+
+fn as_list<S: serde::Serializer>(
+    applications: &BTreeMap<String, ApplicationEntry>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(applications.values())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,7 +67,7 @@ impl Inventory {
                 open_connections: 0,
                 last_seen: now,
                 connected_since: None,
-                applications: Vec::new(),
+                applications: BTreeMap::new(),
             });
             entry.agent_id = agent_id.to_owned();
             entry.agent_version = agent_version.to_owned();
@@ -66,11 +76,14 @@ impl Inventory {
             entry.last_seen = now;
             entry.connected_since = Some(now);
             for name in applications.iter().map(String::as_str).chain(["system"]) {
-                if !entry.applications.iter().any(|a| a.name == name) {
-                    entry.applications.push(ApplicationEntry {
-                        name: name.to_owned(),
-                        last_seen: None,
-                    });
+                if !entry.applications.contains_key(name) {
+                    entry.applications.insert(
+                        name.to_owned(),
+                        ApplicationEntry {
+                            name: name.to_owned(),
+                            last_seen: None,
+                        },
+                    );
                 }
             }
         });
@@ -89,28 +102,52 @@ impl Inventory {
         });
     }
 
-    /// Notes that `host` sent data for these applications.
+    /// Notes that `host` sent data for these applications. A host keeps
+    /// at most `max_applications` (names must be 1-256 bytes without
+    /// control characters); returns the names refused, whose items are not
+    /// to be kept.
     pub fn seen<'a>(
         &self,
         host: &str,
         applications: impl Iterator<Item = &'a str>,
         now: Timestamp,
-    ) {
+        max_applications: usize,
+    ) -> Vec<String> {
         self.with(|hosts| {
+            let mut refused = Vec::new();
             let Some(entry) = hosts.get_mut(host) else {
-                return;
+                return refused;
             };
             entry.last_seen = now;
             for name in applications {
-                match entry.applications.iter_mut().find(|a| a.name == name) {
-                    Some(app) => app.last_seen = Some(now),
-                    None => entry.applications.push(ApplicationEntry {
-                        name: name.to_owned(),
-                        last_seen: Some(now),
-                    }),
+                if let Some(app) = entry.applications.get_mut(name) {
+                    app.last_seen = Some(now);
+                } else if entry.applications.len() < max_applications
+                    && crate::uplink::valid_name(name, crate::uplink::MAX_NAME_BYTES)
+                {
+                    entry.applications.insert(
+                        name.to_owned(),
+                        ApplicationEntry {
+                            name: name.to_owned(),
+                            last_seen: Some(now),
+                        },
+                    );
+                } else {
+                    refused.push(name.to_owned());
                 }
             }
-        });
+            refused
+        })
+    }
+
+    /// Forgets hosts disconnected and silent since before `before`;
+    /// returns how many.
+    pub fn forget_silent(&self, before: Timestamp) -> usize {
+        self.with(|hosts| {
+            let count = hosts.len();
+            hosts.retain(|_, h| h.connected || h.last_seen.unix_millis >= before.unix_millis);
+            count - hosts.len()
+        })
     }
 
     /// All hosts, sorted by name.
@@ -123,5 +160,40 @@ impl Inventory {
 
     pub fn connected_count(&self) -> usize {
         self.with(|hosts| hosts.values().filter(|h| h.connected).count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_unix_millis(ms)
+    }
+
+    #[test]
+    fn applications_are_capped_per_host_and_silent_hosts_forgotten() {
+        let inventory = Inventory::default();
+        inventory.connected("web-1", "a1", "0.1", &["nginx".into()], at(1_000));
+        // "system" and "nginx" are there: two more fit under a cap of 4.
+        let refused = inventory.seen(
+            "web-1",
+            ["nginx", "x", "y", "z", "bad\nname"].into_iter(),
+            at(2_000),
+            4,
+        );
+        assert_eq!(refused, vec!["z".to_owned(), "bad\nname".to_owned()]);
+        let hosts = inventory.snapshot();
+        let names: Vec<&str> = hosts[0].applications.keys().map(String::as_str).collect();
+        assert_eq!(names, ["nginx", "system", "x", "y"]);
+        // Served as a list of {name, lastSeen}.
+        let json = serde_json::to_value(&hosts[0]).unwrap();
+        assert_eq!(json["applications"][0]["name"], "nginx");
+        // A connected host is never forgotten; a silent disconnected one is.
+        assert_eq!(inventory.forget_silent(at(10_000)), 0);
+        inventory.disconnected("web-1", at(3_000));
+        assert_eq!(inventory.forget_silent(at(2_500)), 0);
+        assert_eq!(inventory.forget_silent(at(3_500)), 1);
+        assert!(inventory.snapshot().is_empty());
     }
 }

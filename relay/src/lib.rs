@@ -161,17 +161,27 @@ pub async fn run(state: AppState, listeners: Listeners) -> anyhow::Result<()> {
             "no tokens configured (auth.token_sha256): every agent and REST publisher will be refused"
         );
     }
-    // Deployments that stop reporting end as failed.
+    // Deployments that stop reporting end as failed; hosts silent for
+    // long leave the inventory.
     {
-        let (hub, shutdown) = (state.hub.clone(), shutdown.clone());
+        let (hub, inventory, shutdown) =
+            (state.hub.clone(), state.inventory.clone(), shutdown.clone());
         let every = Duration::from_secs(state.config.deployments.active_ttl_secs.clamp(1, 60));
+        let forget_ms = (state.config.uplink.forget_hosts_after_secs as i64).saturating_mul(1000);
         tracker.spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                hub.expire_deployments(o1_common::Timestamp::now());
+                let now = o1_common::Timestamp::now();
+                hub.expire_deployments(now);
+                let forgotten = inventory.forget_silent(o1_common::Timestamp::from_unix_millis(
+                    now.unix_millis.saturating_sub(forget_ms),
+                ));
+                if forgotten > 0 {
+                    tracing::info!(hosts = forgotten, "silent hosts left the inventory");
+                }
             }
         });
     }

@@ -100,7 +100,9 @@ pub fn server_config(
                 .map_err(|e| TlsSetupError::Quic(e.to_string()))?,
         ))
         .keep_alive_interval(Some(idle_timeout / 3))
-        .max_concurrent_bidi_streams(VarInt::from_u32(4))
+        // One stream per agent: the protocol needs no more, and each one
+        // allowed is buffer memory a peer could claim before its hello.
+        .max_concurrent_bidi_streams(VarInt::from_u32(1))
         .max_concurrent_uni_streams(VarInt::from_u32(0));
     config.transport_config(Arc::new(transport));
     Ok(config)
@@ -149,6 +151,66 @@ pub struct UplinkState {
     /// Highest sequence routed per agent id.
     high_water: Mutex<HashMap<String, (u64, Instant)>>,
     log: LogLimiter,
+    /// Connections accepted whose hello has not been authenticated yet.
+    handshaking: std::sync::atomic::AtomicUsize,
+}
+
+/// Largest hello frame: a host name, an id, a version, a token and the
+/// application names fit in far less.
+pub const HELLO_MAX_BYTES: usize = 16 * 1024;
+/// Longest host name (DNS) an agent may report.
+pub const MAX_HOST_BYTES: usize = 253;
+/// Longest application name, agent id or version.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Most applications one host may have in the inventory and in history;
+/// items of further applications are refused and counted.
+pub const MAX_APPLICATIONS_PER_HOST: usize = 256;
+
+/// Counts one connection in handshake until dropped.
+struct Handshaking<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether a name from an agent is fit to keep and to log: not empty,
+/// not too long, no control characters.
+pub fn valid_name(name: &str, max: usize) -> bool {
+    !name.is_empty() && name.len() <= max && !name.chars().any(char::is_control)
+}
+
+/// Why a hello is refused, besides its credentials.
+fn check_hello(hello: &Hello) -> Result<(), String> {
+    if !valid_name(&hello.host, MAX_HOST_BYTES) {
+        return Err(format!(
+            "host name must be 1-{MAX_HOST_BYTES} bytes without control characters"
+        ));
+    }
+    if !valid_name(&hello.agent_id, MAX_NAME_BYTES) {
+        return Err(format!(
+            "agent id must be 1-{MAX_NAME_BYTES} bytes without control characters"
+        ));
+    }
+    if hello.agent_version.len() > MAX_NAME_BYTES {
+        return Err("agent version too long".into());
+    }
+    if hello.applications.len() > MAX_APPLICATIONS_PER_HOST {
+        return Err(format!(
+            "at most {MAX_APPLICATIONS_PER_HOST} applications per host"
+        ));
+    }
+    if let Some(bad) = hello
+        .applications
+        .iter()
+        .find(|a| !valid_name(a, MAX_NAME_BYTES))
+    {
+        return Err(format!(
+            "application name {bad:?} must be 1-{MAX_NAME_BYTES} bytes without control characters"
+        ));
+    }
+    Ok(())
 }
 
 /// Accepts agents until `shutdown`, then closes the endpoint.
@@ -162,6 +224,18 @@ pub async fn serve(endpoint: quinn::Endpoint, state: AppState, shutdown: Cancell
         let Some(incoming) = incoming else { break };
         if state.stats.agents_connected.get() as usize >= state.config.uplink.max_agents {
             warn_limited!(uplink.log, "too_many_agents", remote = %incoming.remote_address(), "agent refused: uplink.max_agents reached");
+            incoming.refuse();
+            continue;
+        }
+        let handshaking = uplink
+            .handshaking
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if handshaking >= state.config.uplink.max_handshaking {
+            uplink
+                .handshaking
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            state.stats.uplink_handshake_failures.inc();
+            warn_limited!(uplink.log, "too_many_handshaking", remote = %incoming.remote_address(), "agent refused: uplink.max_handshaking connections are still in their handshake");
             incoming.refuse();
             continue;
         }
@@ -179,6 +253,7 @@ pub async fn serve(endpoint: quinn::Endpoint, state: AppState, shutdown: Cancell
 }
 
 async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: Arc<UplinkState>) {
+    let handshaking = Handshaking(&uplink.handshaking);
     let remote = incoming.remote_address();
     let connection = match incoming.accept() {
         Ok(connecting) => connecting.await,
@@ -209,8 +284,10 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
             }
         };
     let max_frame = state.config.uplink.max_frame_bytes;
-    let mut reader = FrameReader::new(max_frame);
-    let mut buffer = vec![0u8; 64 * 1024];
+    // Small until the agent is known: a 4 MiB "hello" is refused from its
+    // length prefix alone.
+    let mut reader = FrameReader::new(HELLO_MAX_BYTES.min(max_frame));
+    let mut buffer = vec![0u8; 4 * 1024];
     let hello = match tokio::time::timeout(
         HELLO_TIMEOUT,
         read_message(&mut recv, &mut reader, &mut buffer),
@@ -238,9 +315,10 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
             return;
         }
     };
-    if let Err(reason) = authenticate(&state, &hello) {
+    if let Err(reason) = check_hello(&hello).and_then(|()| authenticate(&state, &hello)) {
         state.stats.uplink_auth_failures.inc();
-        warn_limited!(uplink.log, "auth", %remote, host = %hello.host, agent_id = %hello.agent_id, %reason, "agent refused");
+        // Debug formatting: a name from the network never forges a line.
+        warn_limited!(uplink.log, "auth", %remote, host = ?hello.host, agent_id = ?hello.agent_id, %reason, "agent refused");
         let mut out = Vec::new();
         let refusal = RelayMessage::Refused(wire::Refused {
             reason: reason.clone(),
@@ -266,7 +344,10 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
     {
         return;
     }
-    tracing::info!(%remote, host = %hello.host, agent_id = %hello.agent_id, version = %hello.agent_version, "agent connected");
+    drop(handshaking);
+    reader.set_max_frame(max_frame);
+    buffer.resize(64 * 1024, 0);
+    tracing::info!(%remote, host = ?hello.host, agent_id = ?hello.agent_id, version = ?hello.agent_version, "agent connected");
     state.stats.agents_connected.inc();
     state.inventory.connected(
         &hello.host,
@@ -291,7 +372,7 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
     }
     state.stats.agents_connected.sub(1);
     state.inventory.disconnected(&hello.host, Timestamp::now());
-    tracing::info!(%remote, host = %hello.host, "agent disconnected");
+    tracing::info!(%remote, host = ?hello.host, "agent disconnected");
 }
 
 fn protocol_error(
@@ -390,14 +471,6 @@ async fn ingest(
             };
             if is_new {
                 let now = Timestamp::now();
-                state
-                    .hub
-                    .publish(&hello.host, &batch.items, ingested_at, now);
-                state.stats.batches_ingested.inc();
-                if batch.dropped_items > 0 {
-                    state.stats.agent_dropped_items.add(batch.dropped_items);
-                    tracing::warn!(host = %hello.host, dropped = batch.dropped_items, "agent reports items dropped from a full spool");
-                }
                 let mut applications: Vec<&str> = batch
                     .items
                     .iter()
@@ -409,9 +482,40 @@ async fn ingest(
                     .collect();
                 applications.sort_unstable();
                 applications.dedup();
-                state
-                    .inventory
-                    .seen(&hello.host, applications.into_iter(), now);
+                let refused = state.inventory.seen(
+                    &hello.host,
+                    applications.into_iter(),
+                    now,
+                    MAX_APPLICATIONS_PER_HOST,
+                );
+                let refused_items = if refused.is_empty() {
+                    state
+                        .hub
+                        .publish(&hello.host, &batch.items, ingested_at, now);
+                    0
+                } else {
+                    let admitted: Vec<wire::Item> = batch
+                        .items
+                        .iter()
+                        .filter(|item| match item {
+                            wire::Item::Metric(m) => !refused.contains(&m.application),
+                            wire::Item::Log(l) => !refused.contains(&l.application),
+                            wire::Item::Deployment(_) => true,
+                        })
+                        .cloned()
+                        .collect();
+                    state.hub.publish(&hello.host, &admitted, ingested_at, now);
+                    batch.items.len() - admitted.len()
+                };
+                if refused_items > 0 {
+                    state.stats.processing_errors.add(refused_items as u64);
+                    warn_limited!(uplink.log, "applications", host = ?hello.host, refused_items, "items of applications over the limit (or with invalid names) refused: at most 256 applications of 1-256 bytes per host");
+                }
+                state.stats.batches_ingested.inc();
+                if batch.dropped_items > 0 {
+                    state.stats.agent_dropped_items.add(batch.dropped_items);
+                    tracing::warn!(host = ?hello.host, dropped = batch.dropped_items, "agent reports items dropped from a full spool");
+                }
             } else {
                 state.stats.duplicate_batches.inc();
             }

@@ -644,3 +644,53 @@ async fn behind_a_trusted_proxy_limits_count_the_forwarded_client() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_uplink_refuses_huge_hellos_bad_names_and_too_many_applications() {
+    let (_dir, pki, relay) = relay("");
+    let connect = |settings: o1_agent::uplink::UplinkSettings| async move {
+        let endpoint = o1_agent::uplink::endpoint(&settings).unwrap();
+        o1_agent::uplink::connect(&endpoint, &settings)
+            .await
+            .map(|_| ())
+    };
+    // A 2 MB hello (2,000 applications of 1 KB): refused from its length.
+    let mut huge = o1_tests::sim_settings(&relay, &pki, "huge", &pki.token);
+    huge.applications = (0..2000)
+        .map(|i| format!("{i:04}{}", "a".repeat(1020)))
+        .collect();
+    assert!(connect(huge).await.is_err(), "a 2 MB hello is refused");
+    // A host name that would forge a log line: refused with the reason.
+    let forged = o1_tests::sim_settings(&relay, &pki, "web-1\nINFO forged line", &pki.token);
+    let error = connect(forged).await.unwrap_err().to_string();
+    assert!(error.contains("host name"), "{error}");
+    assert!(
+        !relay.log().contains("\nINFO forged line"),
+        "{}",
+        relay.log()
+    );
+
+    // An authenticated agent sends items of 300 applications: the host
+    // keeps 256, the rest is refused and counted.
+    let mut agent = o1_tests::SimAgent::connect(&relay, &pki, "many-apps")
+        .await
+        .unwrap();
+    for chunk in 0..3 {
+        let items = (chunk * 100..chunk * 100 + 100)
+            .map(|i| o1_tests::log_item(&format!("app-{i:03}"), o1_common::Level::Info, "x"))
+            .collect();
+        agent.send(items).await.unwrap();
+    }
+    let hosts = get_json(&relay.url("/api/hosts")).await.unwrap();
+    let host = hosts
+        .as_array()
+        .or_else(|| hosts["hosts"].as_array())
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "many-apps")
+        .cloned()
+        .unwrap();
+    let applications = host["applications"].as_array().unwrap().len();
+    assert_eq!(applications, 256, "{host}");
+    assert!(metric(&relay, "o1_ingest_errors_total").await >= 300.0 - 254.0);
+}
