@@ -3,6 +3,9 @@
 # fan-out throughput/latency/CPU at 100 and 1,000 subscribers, ingest over
 # QUIC from 1 and 50 agents, and the nginx+nchan baseline in the same run.
 # Usage: bench/relay.sh [runs]   (needs: nginx-light libnginx-mod-nchan)
+# BASELINE_RELAY=path/to/an/older/o1-relay: also runs it, alternating with
+# this build, for same-session ratios. NCHAN=0 skips the nginx+nchan runs,
+# IDLE=0 the idle-memory run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -30,7 +33,7 @@ max_connections_per_address = 20000
 [history]
 lines_per_source = 100
 TOML
-  RUST_LOG=warn $BIN/o1-relay --config "$DIR/relay.toml" > "$DIR/relay.out" 2> "$DIR/relay.err" &
+  RUST_LOG=warn "${1:-$BIN/o1-relay}" --config "$DIR/relay.toml" > "$DIR/relay.out" 2> "$DIR/relay.err" &
   RELAY=$!
   for _ in $(seq 50); do grep -q listening "$DIR/relay.out" 2>/dev/null && break; sleep 0.1; done
 }
@@ -60,19 +63,26 @@ CONF
 }
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(uname -r), $(date -u +%F)"
+RELAYS=("o1-relay:$BIN/o1-relay")
+[ -n "${BASELINE_RELAY:-}" ] && RELAYS+=("baseline:$BASELINE_RELAY")
+if [ "${IDLE:-1}" != 0 ]; then
 start_relay
 echo "## idle connections (o1-relay)"
 $BIN/o1-loadgen --pid "$RELAY" idle --url ws://127.0.0.1:3900/api/websocket --connections 10000
 stop_relay
+fi
 
 for subs in 100 1000; do
   for run in $(seq "$RUNS"); do
-    start_relay
-    echo "## fanout o1-relay subscribers=$subs run=$run"
+    for relay in "${RELAYS[@]}"; do
+    start_relay "${relay#*:}"
+    echo "## fanout ${relay%%:*} subscribers=$subs run=$run"
     $BIN/o1-loadgen --pid "$RELAY" fanout --url ws://127.0.0.1:3900/api/websocket --subscribers $subs \
       --messages $((2000000 / subs)) --size 200 --uplink 127.0.0.1:4900 --ca "$DIR/tls/ca.crt" --token "$TOKEN"
     stop_relay
+    done
   done
+  [ "${NCHAN:-1}" = 0 ] && continue
   for run in $(seq "$RUNS"); do
     start_nginx
     echo "## fanout nginx+nchan subscribers=$subs run=$run"
@@ -85,10 +95,12 @@ done
 
 for agents in 1 50; do
   for run in $(seq "$RUNS"); do
-    start_relay
-    echo "## ingest agents=$agents run=$run"
+    for relay in "${RELAYS[@]}"; do
+    start_relay "${relay#*:}"
+    echo "## ingest ${relay%%:*} agents=$agents run=$run"
     $BIN/o1-loadgen --pid "$RELAY" ingest --uplink 127.0.0.1:4900 --ca "$DIR/tls/ca.crt" --token "$TOKEN" \
       --agents $agents --lines $((2000000 / agents))
     stop_relay
+    done
   done
 done

@@ -84,6 +84,9 @@ pub struct WebSocketConfig {
     /// Bytes queued per connection (everything: replies, replays, live)
     /// before log lines are dropped; replies over it mark the reader slow.
     pub queue_bytes: usize,
+    /// Bytes queued by all connections of one client address together;
+    /// over it their log lines are dropped (and replies mark them slow).
+    pub queue_bytes_per_address: usize,
     /// History lines one connection may replay per second (`tail`), and in
     /// a burst; beyond them a replay is cut and the rest counted as
     /// dropped.
@@ -112,6 +115,7 @@ impl Default for WebSocketConfig {
             ping_timeout_secs: 30,
             queue_messages: 8192,
             queue_bytes: 4 * 1024 * 1024,
+            queue_bytes_per_address: 64 * 1024 * 1024,
             replay_lines_per_second: 2_000,
             replay_burst: 20_000,
             stall_timeout_secs: 30,
@@ -287,6 +291,10 @@ impl RelayConfig {
             ws.max_subscriptions_per_address as u64,
         )?;
         positive("websocket.queue_bytes", ws.queue_bytes as u64)?;
+        positive(
+            "websocket.queue_bytes_per_address",
+            ws.queue_bytes_per_address as u64,
+        )?;
         positive("http.max_connections", self.http.max_connections as u64)?;
         positive("history.max_line_bytes", self.history.max_line_bytes as u64)?;
         positive("deployments.max_active", self.deployments.max_active as u64)?;

@@ -70,6 +70,7 @@ impl AppState {
                 config.websocket.max_connections,
                 config.websocket.max_connections_per_address,
                 config.websocket.max_subscriptions_per_address,
+                config.websocket.queue_bytes_per_address,
             )),
             tokens: Arc::new(TokenVerifier::new(&config.auth.token_sha256)),
             log_limiter: Arc::new(uplink::LogLimiter::default()),

@@ -140,12 +140,36 @@ struct State {
     writing_since: Option<Instant>,
 }
 
+/// Bytes queued by all connections of one client address, against
+/// `max`: one client cannot multiply the per-connection budget by opening
+/// many connections.
+#[derive(Debug)]
+pub struct AddressBudget {
+    pub queued: std::sync::atomic::AtomicUsize,
+    pub max: usize,
+}
+
+impl AddressBudget {
+    fn would_exceed(&self, cost: usize) -> bool {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed) + cost > self.max
+    }
+    fn add(&self, cost: usize) {
+        self.queued
+            .fetch_add(cost, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn sub(&self, cost: usize) {
+        self.queued
+            .fetch_sub(cost, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug)]
 pub struct Outbound {
     state: Mutex<State>,
     notify: Notify,
     limits: OutboundLimits,
     stats: Arc<Stats>,
+    address: Option<Arc<AddressBudget>>,
 }
 
 impl Outbound {
@@ -155,6 +179,24 @@ impl Outbound {
             notify: Notify::new(),
             limits,
             stats,
+            address: None,
+        }
+    }
+
+    /// Also counts what is queued against the client address's budget.
+    pub fn with_address_budget(mut self, budget: Arc<AddressBudget>) -> Self {
+        self.address = Some(budget);
+        self
+    }
+
+    fn over_address_budget(&self, cost: usize) -> bool {
+        self.address.as_ref().is_some_and(|a| a.would_exceed(cost))
+    }
+
+    fn charge(&self, state: &mut State, cost: usize) {
+        state.bytes += cost;
+        if let Some(address) = &self.address {
+            address.add(cost);
         }
     }
 
@@ -171,8 +213,12 @@ impl Outbound {
     /// asking without reading fills its queue and is closed as stalled.
     pub fn push_reply(&self, message: Outgoing) {
         let mut state = self.lock();
-        state.bytes += message.cost();
-        if state.queue.len() >= self.limits.max_queued || state.bytes > self.limits.max_bytes {
+        let cost = message.cost();
+        self.charge(&mut state, cost);
+        if state.queue.len() >= self.limits.max_queued
+            || state.bytes > self.limits.max_bytes
+            || self.over_address_budget(0)
+        {
             state.full_since.get_or_insert_with(Instant::now);
         }
         state.queue.push_back(message);
@@ -185,7 +231,9 @@ impl Outbound {
     pub fn push_log(&self, message: Outgoing) {
         let mut state = self.lock();
         let cost = message.cost();
-        if state.queue.len() >= self.limits.max_queued || state.bytes + cost > self.limits.max_bytes
+        if state.queue.len() >= self.limits.max_queued
+            || state.bytes + cost > self.limits.max_bytes
+            || self.over_address_budget(cost)
         {
             state.full_since.get_or_insert_with(Instant::now);
             let subscription = message.subscription;
@@ -197,7 +245,7 @@ impl Outbound {
             self.stats.messages_dropped.inc();
             return;
         }
-        state.bytes += cost;
+        self.charge(&mut state, cost);
         state.queue.push_back(message);
         drop(state);
         self.notify.notify_one();
@@ -227,16 +275,21 @@ impl Outbound {
             let old = slot.cost();
             *slot = message;
             state.bytes = state.bytes + cost - old;
+            if let Some(address) = &self.address {
+                address.add(cost);
+                address.sub(old);
+            }
             return;
         }
         if state.metrics.len() >= self.limits.max_metric_series
             || state.bytes + cost > self.limits.max_bytes
+            || self.over_address_budget(cost)
         {
             drop(state);
             self.stats.messages_dropped.inc();
             return;
         }
-        state.bytes += cost;
+        self.charge(&mut state, cost);
         state.metrics.insert(key, message);
         drop(state);
         self.notify.notify_one();
@@ -288,6 +341,9 @@ impl Outbound {
                         state.queue.shrink_to(64);
                     }
                     state.full_since = None;
+                    if let Some(address) = &self.address {
+                        address.sub(state.bytes);
+                    }
                     state.bytes = 0;
                     state.writing_since = Some(Instant::now());
                     return Drained {
@@ -299,6 +355,15 @@ impl Outbound {
                 }
             }
             self.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if let Some(address) = &self.address {
+            let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+            address.sub(state.bytes);
         }
     }
 }
@@ -384,6 +449,39 @@ mod tests {
         assert!(queue.is_stalled(Instant::now()));
         queue.written();
         assert!(!queue.is_stalled(Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn connections_of_one_address_share_its_byte_budget() {
+        let budget = Arc::new(AddressBudget {
+            queued: Default::default(),
+            max: 3 * (10 + MESSAGE_OVERHEAD),
+        });
+        let make = || outbound(100).with_address_budget(budget.clone());
+        let (a, b) = (make(), make());
+        for _ in 0..2 {
+            a.push_log(message(1, "0123456789"));
+            b.push_log(message(2, "0123456789"));
+        }
+        let drained_a = a.next().await;
+        let drained_b = b.next().await;
+        assert_eq!(
+            drained_a.messages.len() + drained_b.messages.len(),
+            3,
+            "three fit"
+        );
+        assert_eq!(
+            budget.queued.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "drained: given back"
+        );
+        b.push_log(message(2, "0123456789"));
+        drop(b);
+        assert_eq!(
+            budget.queued.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "closed: given back"
+        );
     }
 
     #[tokio::test]

@@ -124,11 +124,12 @@ fn parse_node(text: &str) -> Option<IpAddr> {
     text.rsplit_once(':')?.0.parse().ok()
 }
 
-/// Connections and subscriptions held by one client address.
-#[derive(Debug, Default, Clone, Copy)]
+/// Connections, subscriptions and queued bytes held by one client address.
+#[derive(Debug, Clone)]
 struct Held {
     connections: usize,
     subscriptions: usize,
+    bytes: Arc<crate::outbound::AddressBudget>,
 }
 
 /// Counts connections in total and, with subscriptions, per client
@@ -140,6 +141,7 @@ pub struct ConnectionGate {
     max_total: usize,
     max_per_address: usize,
     max_subscriptions_per_address: usize,
+    max_bytes_per_address: usize,
 }
 
 /// Held while a connection is open; releases its slot (and its
@@ -149,6 +151,8 @@ pub struct GatePermit {
     gate: Arc<ConnectionGate>,
     address: IpAddr,
     subscriptions: usize,
+    /// The address's queued-bytes budget, shared by its connections.
+    bytes: Arc<crate::outbound::AddressBudget>,
 }
 
 impl ConnectionGate {
@@ -156,6 +160,7 @@ impl ConnectionGate {
         max_total: usize,
         max_per_address: usize,
         max_subscriptions_per_address: usize,
+        max_bytes_per_address: usize,
     ) -> Self {
         ConnectionGate {
             total: AtomicUsize::new(0),
@@ -163,6 +168,18 @@ impl ConnectionGate {
             max_total,
             max_per_address,
             max_subscriptions_per_address,
+            max_bytes_per_address,
+        }
+    }
+
+    fn held(&self) -> Held {
+        Held {
+            connections: 0,
+            subscriptions: 0,
+            bytes: Arc::new(crate::outbound::AddressBudget {
+                queued: AtomicUsize::new(0),
+                max: self.max_bytes_per_address,
+            }),
         }
     }
 
@@ -183,7 +200,7 @@ impl ConnectionGate {
                 self.max_total
             ));
         }
-        let held = per_address.entry(address).or_default();
+        let held = per_address.entry(address).or_insert_with(|| self.held());
         if held.connections >= self.max_per_address {
             return Err(format!(
                 "Too many connections from {address}: the limit is {} per address",
@@ -191,11 +208,13 @@ impl ConnectionGate {
             ));
         }
         held.connections += 1;
+        let bytes = held.bytes.clone();
         self.total.fetch_add(1, Ordering::Relaxed);
         Ok(GatePermit {
             gate: self.clone(),
             address,
             subscriptions: 0,
+            bytes,
         })
     }
 }
@@ -209,7 +228,9 @@ impl GatePermit {
             .per_address
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let held = per_address.entry(self.address).or_default();
+        let held = per_address
+            .entry(self.address)
+            .or_insert_with(|| self.gate.held());
         if held.subscriptions >= self.gate.max_subscriptions_per_address {
             return false;
         }
@@ -356,10 +377,10 @@ struct Connection {
 async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, permit: GatePermit) {
     let stats = state.stats.clone();
     stats.connection_opened();
-    let outbound = Arc::new(Outbound::new(
-        state.config.websocket.outbound_limits(),
-        stats.clone(),
-    ));
+    let outbound = Arc::new(
+        Outbound::new(state.config.websocket.outbound_limits(), stats.clone())
+            .with_address_budget(permit.bytes.clone()),
+    );
     let (mut sink, mut stream) = socket.split();
     let ws = &state.config.websocket;
     let quota =
@@ -890,7 +911,7 @@ mod tests {
 
     #[test]
     fn the_address_budget_of_subscriptions_is_shared_and_given_back() {
-        let gate = Arc::new(ConnectionGate::new(10, 10, 3));
+        let gate = Arc::new(ConnectionGate::new(10, 10, 3, 1 << 20));
         let address: IpAddr = "2001:db8::1".parse().unwrap();
         let mut first = gate.try_acquire(address).unwrap();
         let mut second = gate.try_acquire("2001:db8::2".parse().unwrap()).unwrap();
