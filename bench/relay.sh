@@ -5,7 +5,8 @@
 # Usage: bench/relay.sh [runs]   (needs: nginx-light libnginx-mod-nchan)
 # BASELINE_RELAY=path/to/an/older/o1-relay: also runs it, alternating with
 # this build, for same-session ratios. NCHAN=0 skips the nginx+nchan runs,
-# IDLE=0 the idle-memory run.
+# IDLE=0 the idle-memory run; SUBS="100" and AGENTS="" choose the fan-out
+# and ingest sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -72,7 +73,7 @@ $BIN/o1-loadgen --pid "$RELAY" idle --url ws://127.0.0.1:3900/api/websocket --co
 stop_relay
 fi
 
-for subs in 100 1000; do
+for subs in ${SUBS:-100 1000}; do
   for run in $(seq "$RUNS"); do
     for relay in "${RELAYS[@]}"; do
     start_relay "${relay#*:}"
@@ -93,7 +94,7 @@ for subs in 100 1000; do
   done
 done
 
-for agents in 1 50; do
+for agents in ${AGENTS:-1 50}; do
   for run in $(seq "$RUNS"); do
     for relay in "${RELAYS[@]}"; do
     start_relay "${relay#*:}"

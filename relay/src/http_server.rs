@@ -65,7 +65,9 @@ pub async fn serve(
             tracker.spawn(refuse(stream, limits.max_connections));
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        // Nagle stays on, as with axum::serve: TCP_NODELAY cost 15 % more
+        // CPU per delivered message at saturation (BENCHMARKS.md); the
+        // latency work decides it with measurements at paced rates.
         let service = TowerToHyperService::new(
             router
                 .clone()

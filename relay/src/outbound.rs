@@ -136,9 +136,14 @@ struct State {
     full_since: Option<Instant>,
     /// Bytes queued (bodies plus overhead).
     bytes: usize,
+    /// Of those, what is charged to the client address's budget.
+    charged: usize,
     /// The writer took a batch at this time and has not finished writing it.
     writing_since: Option<Instant>,
 }
+
+/// What a connection may queue before it draws on its address's budget.
+pub const ADDRESS_FREE_BYTES: usize = 64 * 1024;
 
 /// Bytes queued by all connections of one client address, against
 /// `max`: one client cannot multiply the per-connection budget by opening
@@ -189,14 +194,33 @@ impl Outbound {
         self
     }
 
-    fn over_address_budget(&self, cost: usize) -> bool {
-        self.address.as_ref().is_some_and(|a| a.would_exceed(cost))
+    /// Whether queuing `cost` more would take the address over its
+    /// budget. A connection's first [`ADDRESS_FREE_BYTES`] are its own: the
+    /// common case (a queue that drains at once) never touches the
+    /// address's shared counter.
+    fn over_address_budget(&self, state: &State, cost: usize) -> bool {
+        state.bytes + cost > ADDRESS_FREE_BYTES
+            && self.address.as_ref().is_some_and(|a| a.would_exceed(cost))
     }
 
     fn charge(&self, state: &mut State, cost: usize) {
         state.bytes += cost;
         if let Some(address) = &self.address {
-            address.add(cost);
+            let over = state.bytes.saturating_sub(ADDRESS_FREE_BYTES);
+            if over > state.charged {
+                address.add(over - state.charged);
+                state.charged = over;
+            }
+        }
+    }
+
+    /// Gives back what this queue charged to its address.
+    fn discharge(&self, state: &mut State) {
+        if let Some(address) = &self.address
+            && state.charged > 0
+        {
+            address.sub(state.charged);
+            state.charged = 0;
         }
     }
 
@@ -217,7 +241,7 @@ impl Outbound {
         self.charge(&mut state, cost);
         if state.queue.len() >= self.limits.max_queued
             || state.bytes > self.limits.max_bytes
-            || self.over_address_budget(0)
+            || self.over_address_budget(&state, 0)
         {
             state.full_since.get_or_insert_with(Instant::now);
         }
@@ -233,7 +257,7 @@ impl Outbound {
         let cost = message.cost();
         if state.queue.len() >= self.limits.max_queued
             || state.bytes + cost > self.limits.max_bytes
-            || self.over_address_budget(cost)
+            || self.over_address_budget(&state, cost)
         {
             state.full_since.get_or_insert_with(Instant::now);
             let subscription = message.subscription;
@@ -275,15 +299,11 @@ impl Outbound {
             let old = slot.cost();
             *slot = message;
             state.bytes = state.bytes + cost - old;
-            if let Some(address) = &self.address {
-                address.add(cost);
-                address.sub(old);
-            }
             return;
         }
         if state.metrics.len() >= self.limits.max_metric_series
             || state.bytes + cost > self.limits.max_bytes
-            || self.over_address_budget(cost)
+            || self.over_address_budget(&state, cost)
         {
             drop(state);
             self.stats.messages_dropped.inc();
@@ -341,9 +361,7 @@ impl Outbound {
                         state.queue.shrink_to(64);
                     }
                     state.full_since = None;
-                    if let Some(address) = &self.address {
-                        address.sub(state.bytes);
-                    }
+                    self.discharge(&mut state);
                     state.bytes = 0;
                     state.writing_since = Some(Instant::now());
                     return Drained {
@@ -361,9 +379,10 @@ impl Outbound {
 
 impl Drop for Outbound {
     fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let charged = std::mem::take(&mut state.charged);
         if let Some(address) = &self.address {
-            let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-            address.sub(state.bytes);
+            address.sub(charged);
         }
     }
 }
@@ -453,35 +472,35 @@ mod tests {
 
     #[tokio::test]
     async fn connections_of_one_address_share_its_byte_budget() {
+        // Each connection's first 64 KiB are its own; beyond, they share.
+        let line = "x".repeat(ADDRESS_FREE_BYTES - MESSAGE_OVERHEAD);
+        let small = "0123456789";
         let budget = Arc::new(AddressBudget {
             queued: Default::default(),
-            max: 3 * (10 + MESSAGE_OVERHEAD),
+            max: 3 * (small.len() + MESSAGE_OVERHEAD),
         });
         let make = || outbound(100).with_address_budget(budget.clone());
         let (a, b) = (make(), make());
+        a.push_log(message(1, &line));
+        b.push_log(message(2, &line));
         for _ in 0..2 {
-            a.push_log(message(1, "0123456789"));
-            b.push_log(message(2, "0123456789"));
+            a.push_log(message(1, small));
+            b.push_log(message(2, small));
         }
         let drained_a = a.next().await;
         let drained_b = b.next().await;
         assert_eq!(
             drained_a.messages.len() + drained_b.messages.len(),
-            3,
-            "three fit"
+            2 + 3,
+            "their own allowance each, then three shared"
         );
-        assert_eq!(
-            budget.queued.load(std::sync::atomic::Ordering::Relaxed),
-            0,
-            "drained: given back"
-        );
-        b.push_log(message(2, "0123456789"));
+        let queued = || budget.queued.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(queued(), 0, "drained: given back");
+        b.push_log(message(2, &line));
+        b.push_log(message(2, small));
+        assert!(queued() > 0);
         drop(b);
-        assert_eq!(
-            budget.queued.load(std::sync::atomic::Ordering::Relaxed),
-            0,
-            "closed: given back"
-        );
+        assert_eq!(queued(), 0, "closed: given back");
     }
 
     #[tokio::test]
