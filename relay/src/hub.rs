@@ -292,6 +292,53 @@ impl History {
     }
 }
 
+/// The newest `n` lines that pass `keep`, newest first, across lists each
+/// in sequence order: a k-way merge from their ends that stops after `n`.
+fn newest<'a, L>(
+    lists: &[&'a L],
+    n: usize,
+    keep: impl Fn(&HistoryLine) -> bool,
+) -> Vec<&'a Arc<HistoryLine>>
+where
+    L: std::ops::Index<usize, Output = Arc<HistoryLine>> + Lines,
+{
+    let mut picked = Vec::with_capacity(n.min(4096));
+    let mut ends: Vec<usize> = lists.iter().map(|l| l.count()).collect();
+    let mut heap: std::collections::BinaryHeap<(u64, usize)> = lists
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ends[*i] > 0)
+        .map(|(i, l)| (l[ends[i] - 1].sequence, i))
+        .collect();
+    while picked.len() < n {
+        let Some((_, i)) = heap.pop() else { break };
+        ends[i] -= 1;
+        let line = &lists[i][ends[i]];
+        if keep(line) {
+            picked.push(line);
+        }
+        if ends[i] > 0 {
+            heap.push((lists[i][ends[i] - 1].sequence, i));
+        }
+    }
+    picked
+}
+
+/// A list of history lines (a source's deque, or a snapshot of it).
+trait Lines {
+    fn count(&self) -> usize;
+}
+impl Lines for VecDeque<Arc<HistoryLine>> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+impl Lines for Vec<Arc<HistoryLine>> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Why a subscription was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
@@ -358,24 +405,44 @@ impl Hub {
         let filter = LogFilter::from_request(request);
         // At most what one source keeps: a larger tail could never return
         // more lines of it.
-        let tail = (request.tail.unwrap_or(0) as usize).min(self.limits.lines_per_source);
+        let wanted = (request.tail.unwrap_or(0) as usize).min(self.limits.lines_per_source);
+        // Over the connection's replay budget: the newest lines it allows;
+        // with none left, no history is walked at all.
+        let tail = wanted.min(allowance);
+        if wanted > tail {
+            outbound.count_dropped(id, (wanted - tail) as u64);
+        }
         let gate = (tail > 0).then(|| {
             Arc::new(ReplayGate {
                 held: Mutex::new(Some((Vec::new(), 0))),
             })
         });
+        let unfiltered = filter.min_level.is_none() && filter.search_lower.is_none();
         let snapshot: Vec<Vec<Arc<HistoryLine>>> = {
             let mut index = self.write_index();
             outbound.push_reply(ack(id));
-            let snapshot = if tail > 0 {
-                // Reference counts only: no matching under the lock.
-                let history = self.lock_history();
-                history
-                    .matching_sources(filter.host.as_deref(), filter.application.as_deref())
-                    .map(|source| source.lines.iter().cloned().collect())
-                    .collect()
-            } else {
+            let snapshot = if tail == 0 {
                 Vec::new()
+            } else {
+                let history = self.lock_history();
+                let sources: Vec<&VecDeque<Arc<HistoryLine>>> = history
+                    .matching_sources(filter.host.as_deref(), filter.application.as_deref())
+                    .map(|source| &source.lines)
+                    .collect();
+                if unfiltered {
+                    // Every line matches: pick the newest `tail` here (a
+                    // merge of index arithmetic) and take only those.
+                    let mut picked = newest(&sources, tail, |_| true);
+                    picked.reverse();
+                    vec![picked.into_iter().cloned().collect()]
+                } else {
+                    // Reference counts only: matching happens after the
+                    // locks are released.
+                    sources
+                        .iter()
+                        .map(|lines| lines.iter().cloned().collect())
+                        .collect()
+                }
             };
             index.logs.insert(
                 filter.host.clone().as_deref(),
@@ -390,26 +457,11 @@ impl Hub {
             snapshot
         };
         if let Some(gate) = gate {
-            // Outside every lock: the newest `tail` matching lines, in order.
-            let mut replay: Vec<&Arc<HistoryLine>> = Vec::with_capacity(tail);
-            let mut newest_first: Vec<&Arc<HistoryLine>> = snapshot.iter().flatten().collect();
-            newest_first.sort_unstable_by_key(|line| std::cmp::Reverse(line.sequence));
-            for line in newest_first {
-                if replay.len() == tail {
-                    break;
-                }
-                if filter.content_matches(line.level, &line.message) {
-                    replay.push(line);
-                }
-            }
-            // Over the connection's replay budget: the newest lines it
-            // allows, the others counted as dropped.
-            if replay.len() > allowance {
-                outbound.count_dropped(id, (replay.len() - allowance) as u64);
-                replay.truncate(allowance);
-            }
-            // Replayed lines are log lines: over the connection's byte
-            // budget they are dropped and counted, never held.
+            // Outside every lock: the newest `tail` matching lines.
+            let lists: Vec<&Vec<Arc<HistoryLine>>> = snapshot.iter().collect();
+            let replay = newest(&lists, tail, |line| {
+                filter.content_matches(line.level, &line.message)
+            });
             for line in replay.into_iter().rev() {
                 outbound.push_log(Outgoing {
                     subscription: id,
@@ -878,5 +930,96 @@ pub fn select_metrics(full: &MetricsMessage, selection: MetricSelection) -> Metr
         network: full.network.filter(|_| keep(MetricName::Network)),
         up: full.up,
         timestamp: full.timestamp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(sequence: u64, level: Level) -> Arc<HistoryLine> {
+        Arc::new(HistoryLine {
+            sequence,
+            level,
+            message: format!("line {sequence}"),
+            body: Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn newest_merges_sources_from_their_ends_and_stops_after_n() {
+        let a: VecDeque<Arc<HistoryLine>> = [1, 4, 5, 9].map(|s| line(s, Level::Info)).into();
+        let b: VecDeque<Arc<HistoryLine>> = [2, 3, 7, 8].map(|s| line(s, Level::Error)).into();
+        let empty: VecDeque<Arc<HistoryLine>> = VecDeque::new();
+        let sources = [&a, &b, &empty];
+        let sequences =
+            |picked: Vec<&Arc<HistoryLine>>| picked.iter().map(|l| l.sequence).collect::<Vec<_>>();
+        let table: &[(usize, Option<Level>, Vec<u64>)] = &[
+            (3, None, vec![9, 8, 7]),
+            (0, None, vec![]),
+            (100, None, vec![9, 8, 7, 5, 4, 3, 2, 1]),
+            (3, Some(Level::Error), vec![8, 7, 3]),
+        ];
+        for (n, min, expected) in table {
+            let picked = newest(&sources, *n, |l| min.is_none_or(|m| l.level >= m));
+            assert_eq!(&sequences(picked), expected, "n={n} min={min:?}");
+        }
+    }
+
+    #[test]
+    fn a_tail_replay_then_live_lines_once_each_in_order() {
+        let hub = Hub::new(
+            Arc::new(Stats::new()),
+            HistoryLimits::default(),
+            RegistryLimits::default(),
+        );
+        let record = |n: u64| {
+            Item::Log(LogRecord {
+                application: "app".into(),
+                timestamp_ms: 0,
+                level: Level::Info,
+                message: format!("line {n}"),
+                deployment_id: None,
+            })
+        };
+        let now = Timestamp::now();
+        hub.publish(
+            "h",
+            &(0..10).map(record).collect::<Vec<_>>(),
+            Instant::now(),
+            now,
+        );
+        let outbound = Arc::new(Outbound::new(Default::default(), hub.stats.clone()));
+        let request = SubscribeLogs {
+            tail: Some(4),
+            ..SubscribeLogs::default()
+        };
+        let handle = hub.subscribe_logs(
+            &request,
+            &outbound,
+            |_| Outgoing::reply(Bytes::from_static(b"{}")),
+            3,
+        );
+        hub.publish("h", &[record(10)], Instant::now(), now);
+        let drained = futures_util::FutureExt::now_or_never(outbound.next()).unwrap();
+        let texts: Vec<String> = drained
+            .messages
+            .iter()
+            .skip(1)
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .collect();
+        assert_eq!(
+            texts.len(),
+            4,
+            "3 replayed (the allowance) and 1 live: {texts:?}"
+        );
+        for (text, n) in texts.iter().zip([7, 8, 9, 10]) {
+            assert!(text.contains(&format!("\"line {n}\"")), "{text}");
+        }
+        assert_eq!(
+            drained.dropped,
+            vec![(handle.id, 1)],
+            "the tail beyond the allowance is announced"
+        );
     }
 }

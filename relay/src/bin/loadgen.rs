@@ -8,6 +8,12 @@
 //!   `--nchan` publishes by HTTP POST to an nginx+nchan channel instead.
 //! - `ingest`: K simulated agents push log lines over QUIC; lines per
 //!   second and server CPU per million lines.
+//! - `replay-stall`: fills history (sources × lines), then measures an
+//!   agent's publish → ack time for one-line batches while WebSocket
+//!   clients ask for `tail` replays of all of it.
+//! - `hostile`: N clients that subscribe many times to a deployment with
+//!   a long replay and never read; the server's memory growth per
+//!   connection (its worst case, bounded by the queue budgets).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +68,49 @@ enum Mode {
         /// Messages per publish batch (o1) or concurrent POSTs (nchan).
         #[arg(long, default_value_t = 50)]
         batch: usize,
+    },
+    Hostile {
+        /// WebSocket URL.
+        #[arg(long)]
+        url: String,
+        /// REST base URL (`http://host:port`) and a publisher token, to
+        /// create the deployment.
+        #[arg(long)]
+        http: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        subscriptions: usize,
+        #[arg(long, default_value_t = 1000)]
+        lines: usize,
+        #[arg(long, default_value_t = 1024)]
+        line_bytes: usize,
+        #[arg(long, default_value_t = 3)]
+        settle_secs: u64,
+    },
+    ReplayStall {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        uplink: String,
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        #[arg(long)]
+        token: String,
+        /// History: applications of one host, lines each.
+        #[arg(long, default_value_t = 200)]
+        sources: usize,
+        #[arg(long, default_value_t = 1000)]
+        lines: usize,
+        /// Replays: clients × subscriptions each, `tail` lines each.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        #[arg(long, default_value_t = 100)]
+        subscriptions: usize,
+        #[arg(long, default_value_t = 1000)]
+        tail: u64,
     },
     Ingest {
         #[arg(long)]
@@ -141,6 +190,52 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Mode::Idle { url, connections } => idle(&url, connections, &cli.pids).await,
+        Mode::ReplayStall {
+            url,
+            uplink,
+            ca,
+            token,
+            sources,
+            lines,
+            clients,
+            subscriptions,
+            tail,
+        } => {
+            let settings = agent_settings(&uplink, &ca, &token, "replay-stall", "app-0");
+            replay_stall(
+                &url,
+                settings,
+                (sources, lines),
+                (clients, subscriptions, tail),
+            )
+            .await
+        }
+        Mode::Hostile {
+            url,
+            http,
+            token,
+            connections,
+            subscriptions,
+            lines,
+            line_bytes,
+            settle_secs,
+        } => {
+            let replay = Replay {
+                lines,
+                line_bytes,
+                subscriptions,
+            };
+            hostile(
+                &url,
+                &http,
+                &token,
+                connections,
+                replay,
+                settle_secs,
+                &cli.pids,
+            )
+            .await
+        }
         Mode::Fanout {
             url,
             subscribers,
@@ -177,6 +272,154 @@ async fn main() -> Result<()> {
             batch,
         } => ingest(&uplink, &ca, &token, agents, lines, batch, &cli.pids).await,
     }
+}
+
+async fn replay_stall(
+    url: &str,
+    settings: o1_agent::uplink::UplinkSettings,
+    (sources, lines): (usize, usize),
+    (clients, subscriptions, tail): (usize, usize, u64),
+) -> Result<()> {
+    let endpoint = o1_agent::uplink::endpoint(&settings)?;
+    let mut session = o1_agent::uplink::connect(&endpoint, &settings).await?;
+    let mut sequence = 0u64;
+    let mut frame = Vec::new();
+    let batch = |sequence: u64, application: String, n: usize, frame: &mut Vec<u8>| {
+        let items = (0..n)
+            .map(|i| {
+                Item::Log(LogRecord {
+                    application: application.clone(),
+                    timestamp_ms: 0,
+                    level: Level::Info,
+                    message: format!("2026-11-28T14:00:00Z INFO GET /items/{i} 200 3.1ms"),
+                    deployment_id: None,
+                })
+            })
+            .collect();
+        frame.clear();
+        wire::encode_frame(
+            &AgentMessage::Batch(Batch {
+                sequence,
+                items,
+                dropped_items: 0,
+            }),
+            frame,
+            wire::DEFAULT_MAX_FRAME,
+        )
+    };
+    for source in 0..sources {
+        sequence += 1;
+        batch(sequence, format!("app-{source}"), lines, &mut frame)?;
+        session.send_frame(&frame).await?;
+        session.next_ack().await?;
+    }
+    // Replays, concurrently with the publishes below.
+    let url = url.to_owned();
+    let replays = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        for _ in 0..clients {
+            let (socket, _) = tokio_tungstenite::connect_async(&url).await?;
+            sockets.push(socket);
+        }
+        for n in 0..subscriptions {
+            for socket in sockets.iter_mut() {
+                let text =
+                    serde_json::json!({"type": "subscribe-logs", "tail": tail, "requestId": n})
+                        .to_string();
+                socket.send(Message::text(text)).await?;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        anyhow::Ok(())
+    });
+    let mut latencies = hdrhistogram::Histogram::<u64>::new(3)?;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        sequence += 1;
+        batch(sequence, "app-0".into(), 1, &mut frame)?;
+        let sent = Instant::now();
+        session.send_frame(&frame).await?;
+        session.next_ack().await?;
+        latencies.record(sent.elapsed().as_micros() as u64)?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    replays.await??;
+    println!(
+        "replay-stall history={} replays={} publishes={} ack_p50={:.2}ms ack_p99={:.2}ms ack_max={:.2}ms",
+        sources * lines,
+        clients * subscriptions,
+        latencies.len(),
+        latencies.value_at_quantile(0.5) as f64 / 1000.0,
+        latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        latencies.max() as f64 / 1000.0
+    );
+    Ok(())
+}
+
+/// What each hostile client asks for.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    lines: usize,
+    line_bytes: usize,
+    subscriptions: usize,
+}
+
+async fn hostile(
+    url: &str,
+    http: &str,
+    token: &str,
+    connections: usize,
+    replay: Replay,
+    settle_secs: u64,
+    pids: &[u32],
+) -> Result<()> {
+    let client = reqwest::Client::new();
+    let id = format!("hostile-{}", now_nanos());
+    let created = client
+        .post(format!("{http}/api/deployments"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"deploymentId": id, "application": "web"}))
+        .send()
+        .await?;
+    if !created.status().is_success() {
+        bail!("cannot create the deployment: {}", created.status());
+    }
+    for chunk in 0..replay.lines.div_ceil(100) {
+        let logs: Vec<serde_json::Value> = (0..100.min(replay.lines - chunk * 100))
+            .map(|i| serde_json::json!({"message": format!("{chunk:04}{i:03} {}", "x".repeat(replay.line_bytes.saturating_sub(8)))}))
+            .collect();
+        client
+            .post(format!("{http}/api/deployments/{id}/events"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"logs": logs}))
+            .send()
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_bytes(pids);
+    let mut sockets = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+        for n in 0..replay.subscriptions {
+            let text = serde_json::json!({"type": "subscribe", "deploymentId": id, "requestId": n})
+                .to_string();
+            socket.send(Message::text(text)).await?;
+        }
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    let after = rss_bytes(pids);
+    let asked = replay.subscriptions * replay.lines * replay.line_bytes;
+    println!(
+        "hostile connections={connections} asked_per_connection={:.1}MiB rss_before={:.1}MiB rss_after={:.1}MiB growth={:.1}MiB per_connection={:.2}MiB",
+        asked as f64 / 1048576.0,
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / 1048576.0 / connections as f64
+    );
+    drop(sockets);
+    Ok(())
 }
 
 async fn idle(url: &str, connections: usize, pids: &[u32]) -> Result<()> {
