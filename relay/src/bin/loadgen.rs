@@ -11,6 +11,9 @@
 //! - `replay-stall`: fills history (sources × lines), then measures an
 //!   agent's publish → ack time for one-line batches while WebSocket
 //!   clients ask for `tail` replays of all of it.
+//! - `half-open`: N QUIC connections that finish TLS, open streams and
+//!   send the start of a hello that never ends; the server's memory
+//!   growth while they are held.
 //! - `hostile`: N clients that subscribe many times to a deployment with
 //!   a long replay and never read; the server's memory growth per
 //!   connection (its worst case, bounded by the queue budgets).
@@ -89,6 +92,19 @@ enum Mode {
         line_bytes: usize,
         #[arg(long, default_value_t = 3)]
         settle_secs: u64,
+    },
+    HalfOpen {
+        #[arg(long)]
+        uplink: String,
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        #[arg(long, default_value_t = 20)]
+        connections: usize,
+        /// Streams each connection tries to open.
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+        #[arg(long, default_value_t = 3)]
+        hold_secs: u64,
     },
     ReplayStall {
         #[arg(long)]
@@ -190,6 +206,16 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Mode::Idle { url, connections } => idle(&url, connections, &cli.pids).await,
+        Mode::HalfOpen {
+            uplink,
+            ca,
+            connections,
+            streams,
+            hold_secs,
+        } => {
+            let settings = agent_settings(&uplink, &ca, "", "half-open", "app");
+            half_open(settings, connections, streams, hold_secs, &cli.pids).await
+        }
         Mode::ReplayStall {
             url,
             uplink,
@@ -272,6 +298,53 @@ async fn main() -> Result<()> {
             batch,
         } => ingest(&uplink, &ca, &token, agents, lines, batch, &cli.pids).await,
     }
+}
+
+async fn half_open(
+    settings: o1_agent::uplink::UplinkSettings,
+    connections: usize,
+    streams: usize,
+    hold_secs: u64,
+    pids: &[u32],
+) -> Result<()> {
+    let endpoint = o1_agent::uplink::endpoint(&settings)?;
+    let address: std::net::SocketAddr = settings.address.parse()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_bytes(pids);
+    let mut held = Vec::new();
+    let mut kept = Vec::new();
+    let mut opened = 0usize;
+    for _ in 0..connections {
+        let connection = endpoint.connect(address, "localhost")?.await?;
+        for _ in 0..streams {
+            // The server grants streams: wait a moment for each.
+            match tokio::time::timeout(Duration::from_millis(200), connection.open_bi()).await {
+                Ok(Ok((mut send, recv))) => {
+                    // A hello frame that claims 3 MiB, 1.2 MB of it (about
+                    // a stream's flow-control window), then silence.
+                    let mut start = (3u32 << 20).to_be_bytes().to_vec();
+                    start.extend_from_slice(&wire::MAGIC);
+                    start.push(wire::PROTOCOL_VERSION);
+                    start.resize(1_200_000, 0);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), send.write_all(&start)).await;
+                    held.push((send, recv));
+                    opened += 1;
+                }
+                _ => break,
+            }
+        }
+        kept.push(connection);
+    }
+    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    let after = rss_bytes(pids);
+    println!(
+        "half-open connections={connections} streams_opened={opened} rss_before={:.1}MiB rss_after={:.1}MiB growth={:.1}MiB per_connection={:.1}KiB",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / 1024.0 / connections as f64
+    );
+    Ok(())
 }
 
 async fn replay_stall(
