@@ -1,16 +1,19 @@
 //! Subscription matching as pure functions: which log lines and metric
 //! samples a subscription wants, and which fields of a sample it sees.
 
+use std::sync::Arc;
+
 use crate::api::{MetricName, SubscribeLogs, SubscribeMetrics};
 use crate::level::Level;
 
 /// What a `subscribe-logs` subscription wants, prepared for fast matching.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogFilter {
-    /// `None` = any host.
-    pub host: Option<String>,
+    /// `None` = any host. Shared (`Arc`): the relay keeps one copy of a
+    /// name for the filter, its index and its handle.
+    pub host: Option<Arc<str>>,
     /// `None` = any application.
-    pub application: Option<String>,
+    pub application: Option<Arc<str>>,
     /// Lower-cased search text; `None` (or empty in the request) = any.
     pub search_lower: Option<String>,
     /// Minimum level; `None` = any.
@@ -22,7 +25,11 @@ impl LogFilter {
         LogFilter {
             host: non_empty(&request.host),
             application: non_empty(&request.application),
-            search_lower: non_empty(&request.search).map(|s| s.to_lowercase()),
+            search_lower: request
+                .search
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(str::to_lowercase),
             min_level: request.level,
         }
     }
@@ -109,8 +116,8 @@ impl MetricSelection {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricFilter {
-    pub host: Option<String>,
-    pub application: Option<String>,
+    pub host: Option<Arc<str>>,
+    pub application: Option<Arc<str>>,
     pub selection: MetricSelection,
 }
 
@@ -129,8 +136,8 @@ impl MetricFilter {
     }
 }
 
-fn non_empty(value: &Option<String>) -> Option<String> {
-    value.as_ref().filter(|v| !v.is_empty()).cloned()
+fn non_empty(value: &Option<String>) -> Option<Arc<str>> {
+    value.as_deref().filter(|v| !v.is_empty()).map(Arc::from)
 }
 
 /// The lower-cased text search compares against: ASCII lower-casing for

@@ -65,8 +65,8 @@ pub struct SubscriptionHandle {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HandleKind {
-    Logs(Option<String>, Option<String>),
-    Metrics(Option<String>, Option<String>),
+    Logs(Option<Arc<str>>, Option<Arc<str>>),
+    Metrics(Option<Arc<str>>, Option<Arc<str>>),
     Deployment(String),
 }
 
@@ -123,9 +123,9 @@ struct DeploymentSubscription {
 /// Subscriptions keyed by the host and application they ask for.
 #[derive(Debug)]
 struct SourceIndex<S> {
-    exact: HashMap<String, HashMap<String, Vec<S>>>,
-    by_host: HashMap<String, Vec<S>>,
-    by_application: HashMap<String, Vec<S>>,
+    exact: HashMap<Arc<str>, HashMap<Arc<str>, Vec<S>>>,
+    by_host: HashMap<Arc<str>, Vec<S>>,
+    by_application: HashMap<Arc<str>, Vec<S>>,
     any: Vec<S>,
 }
 
@@ -155,16 +155,16 @@ impl HasId for MetricSubscription {
 }
 
 impl<S: HasId> SourceIndex<S> {
-    fn insert(&mut self, host: Option<&str>, application: Option<&str>, subscription: S) {
+    fn insert(&mut self, host: Option<&Arc<str>>, application: Option<&Arc<str>>, subscription: S) {
         let slot = match (host, application) {
             (Some(h), Some(a)) => self
                 .exact
-                .entry(h.to_owned())
+                .entry(h.clone())
                 .or_default()
-                .entry(a.to_owned())
+                .entry(a.clone())
                 .or_default(),
-            (Some(h), None) => self.by_host.entry(h.to_owned()).or_default(),
-            (None, Some(a)) => self.by_application.entry(a.to_owned()).or_default(),
+            (Some(h), None) => self.by_host.entry(h.clone()).or_default(),
+            (None, Some(a)) => self.by_application.entry(a.clone()).or_default(),
             (None, None) => &mut self.any,
         };
         slot.push(subscription);
@@ -346,8 +346,32 @@ pub enum SubscribeError {
     DeploymentNotFound,
 }
 
+/// One copy of every name subscriptions use, however many subscriptions
+/// name it (a filter, its index slot and its handle share it too).
+#[derive(Debug, Default)]
+struct Names {
+    names: std::collections::HashSet<Arc<str>>,
+    /// Size after the last sweep of names no longer used.
+    swept_at: usize,
+}
+
+impl Names {
+    fn intern(&mut self, name: Arc<str>) -> Arc<str> {
+        if let Some(existing) = self.names.get(&name) {
+            return existing.clone();
+        }
+        if self.names.len() >= 2 * self.swept_at + 1024 {
+            self.names.retain(|n| Arc::strong_count(n) > 1);
+            self.swept_at = self.names.len();
+        }
+        self.names.insert(name.clone());
+        name
+    }
+}
+
 #[derive(Debug)]
 pub struct Hub {
+    names: Mutex<Names>,
     index: RwLock<Index>,
     deployments: Mutex<Registry>,
     history: Mutex<History>,
@@ -363,6 +387,7 @@ fn serialize(message: &ServerMessage) -> Bytes {
 impl Hub {
     pub fn new(stats: Arc<Stats>, limits: HistoryLimits, registry: RegistryLimits) -> Self {
         Hub {
+            names: Mutex::new(Names::default()),
             index: RwLock::new(Index::default()),
             deployments: Mutex::new(Registry::new(registry)),
             history: Mutex::new(History::default()),
@@ -385,6 +410,17 @@ impl Hub {
         self.deployments.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The shared copy of `name`.
+    fn intern(&self, name: Option<Arc<str>>) -> Option<Arc<str>> {
+        let name = name?;
+        Some(
+            self.names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .intern(name),
+        )
+    }
+
     fn new_subscription_id(&self) -> u64 {
         self.next_subscription.fetch_add(1, Ordering::Relaxed)
     }
@@ -402,7 +438,9 @@ impl Hub {
         allowance: usize,
     ) -> SubscriptionHandle {
         let id = self.new_subscription_id();
-        let filter = LogFilter::from_request(request);
+        let mut filter = LogFilter::from_request(request);
+        filter.host = self.intern(filter.host);
+        filter.application = self.intern(filter.application);
         // At most what one source keeps: a larger tail could never return
         // more lines of it.
         let wanted = (request.tail.unwrap_or(0) as usize).min(self.limits.lines_per_source);
@@ -445,8 +483,8 @@ impl Hub {
                 }
             };
             index.logs.insert(
-                filter.host.clone().as_deref(),
-                filter.application.clone().as_deref(),
+                filter.host.clone().as_ref(),
+                filter.application.clone().as_ref(),
                 LogSubscription {
                     id,
                     filter: filter.clone(),
@@ -494,7 +532,9 @@ impl Hub {
         ack: impl FnOnce(u64) -> Outgoing,
     ) -> SubscriptionHandle {
         let id = self.new_subscription_id();
-        let filter = MetricFilter::from_request(request);
+        let mut filter = MetricFilter::from_request(request);
+        filter.host = self.intern(filter.host);
+        filter.application = self.intern(filter.application);
         let mut index = self.write_index();
         outbound.push_reply(ack(id));
         {
@@ -527,8 +567,8 @@ impl Hub {
             kind: HandleKind::Metrics(filter.host.clone(), filter.application.clone()),
         };
         index.metrics.insert(
-            filter.host.clone().as_deref(),
-            filter.application.clone().as_deref(),
+            filter.host.clone().as_ref(),
+            filter.application.clone().as_ref(),
             MetricSubscription {
                 id,
                 filter,
@@ -944,6 +984,23 @@ mod tests {
             message: format!("line {sequence}"),
             body: Bytes::new(),
         })
+    }
+
+    #[test]
+    fn names_are_shared_and_unused_ones_swept() {
+        let mut names = Names::default();
+        let a = names.intern(Arc::from("web-01"));
+        let b = names.intern(Arc::from("web-01"));
+        assert!(Arc::ptr_eq(&a, &b), "one copy for every subscription");
+        drop((a, b));
+        for i in 0..2000 {
+            names.intern(Arc::from(format!("gone-{i}").as_str()));
+        }
+        assert!(
+            names.names.len() < 2000,
+            "names no one holds are swept: {}",
+            names.names.len()
+        );
     }
 
     #[test]

@@ -326,7 +326,8 @@ async fn half_open(
                     start.extend_from_slice(&wire::MAGIC);
                     start.push(wire::PROTOCOL_VERSION);
                     start.resize(1_200_000, 0);
-                    let _ = tokio::time::timeout(Duration::from_secs(2), send.write_all(&start)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), send.write_all(&start)).await;
                     held.push((send, recv));
                     opened += 1;
                 }
