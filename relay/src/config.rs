@@ -374,6 +374,27 @@ impl RelayConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_shipped_reference_config_loads_with_the_defaults_it_documents() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/relay.toml");
+        let config = RelayConfig::load(Some(&path), true, &[]).unwrap();
+        let defaults = RelayConfig::default();
+        assert_eq!(config.websocket.queue_bytes, defaults.websocket.queue_bytes);
+        assert_eq!(config.http.max_connections, defaults.http.max_connections);
+        assert_eq!(
+            config.deployments.max_active,
+            defaults.deployments.max_active
+        );
+        assert_eq!(
+            config.uplink.max_handshaking,
+            defaults.uplink.max_handshaking
+        );
+        assert_eq!(
+            config.history.max_line_bytes,
+            defaults.history.max_line_bytes
+        );
+    }
+
     fn load_text(text: &str, overrides: &[&str]) -> Result<RelayConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
