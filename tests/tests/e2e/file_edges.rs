@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use o1_tests::{Agent, WsClient, line_number, wait_for_host};
+use o1_tests::{Agent, WsClient, line_number};
 
-use crate::tailing::{agent_config, assert_exactly, collect_until, numbered, setup, subscribe};
+use crate::tailing::{agent_config, assert_exactly, collect_until, numbered, setup};
 
 /// A fixed first line longer than the fingerprint (256 bytes): every new
 /// file starts with the same bytes, as files with a banner do.
@@ -73,17 +73,7 @@ async fn a_new_file_on_the_same_inode_with_the_same_header_is_read_from_its_star
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, header()).unwrap();
     append(&log, 0, 4000);
-    let agent_dir = s.dir.path().join("agent");
-    let mut agent = Agent::start(
-        &agent_dir,
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &agent_config(&log, ""),
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (mut agent, agent_dir, mut client) = s.agent_and_subscriber(&agent_config(&log, "")).await;
     let mut seen = collect_until(&mut client, 3999).await;
     tokio::task::block_in_place(|| agent.terminate(Duration::from_secs(10))).unwrap();
 
@@ -117,11 +107,8 @@ async fn rotation_delete_and_inode_reuse_every_cycle_with_kills_repeats_nothing(
     let s = setup();
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, header()).unwrap();
-    let agent_dir = s.dir.path().join("agent");
     let config = agent_config(&log, "");
-    let mut agent = Agent::start(&agent_dir, &s.pki, &s.relay, "tail-host", &config).unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (mut agent, agent_dir, mut client) = s.agent_and_subscriber(&config).await;
     let mut used: HashSet<u64> = HashSet::from([inode(&log)]);
     let mut reused = 0;
     let mut seen = Vec::new();
@@ -210,25 +197,34 @@ fn write_rotating(path: PathBuf, total: u64, every: u64, rotated: mpsc::Sender<u
     }
 }
 
+/// Starts [`write_rotating`] on its own thread: `total` lines, a rotation
+/// every 3,000.
+fn start_writing(log: &Path, total: u64) -> (std::thread::JoinHandle<()>, mpsc::Receiver<u64>) {
+    let (tx, rx) = mpsc::channel();
+    let log = log.to_owned();
+    (
+        std::thread::spawn(move || write_rotating(log, total, 3000, tx)),
+        rx,
+    )
+}
+
+/// Waits for the writer's next rotation; returns its number.
+fn next_rotation(rotations: &mpsc::Receiver<u64>) -> u64 {
+    tokio::task::block_in_place(|| rotations.recv_timeout(Duration::from_secs(20))).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_just_after_rename_rotation_reads_the_rotated_file_after_restart() {
     let s = setup();
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, "").unwrap();
-    let agent_dir = s.dir.path().join("agent");
     // The glob does not match rotated files, like /var/log/nginx/*.log.
     let config = agent_config(&s.log_dir.join("*.log"), "");
-    let mut agent = Agent::start(&agent_dir, &s.pki, &s.relay, "tail-host", &config).unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (mut agent, agent_dir, mut client) = s.agent_and_subscriber(&config).await;
     let total = 16_000;
-    let (tx, rx) = mpsc::channel();
-    let writer = {
-        let log = log.clone();
-        std::thread::spawn(move || write_rotating(log, total, 3000, tx))
-    };
+    let (writer, rotations) = start_writing(&log, total);
     for _ in 0..4 {
-        tokio::task::block_in_place(|| rx.recv_timeout(Duration::from_secs(20))).unwrap();
+        next_rotation(&rotations);
         tokio::time::sleep(Duration::from_millis(50)).await;
         agent.kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -246,19 +242,11 @@ async fn stopped_across_rotations(glob: &str) {
     let s = setup();
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, "").unwrap();
-    let agent_dir = s.dir.path().join("agent");
     let config = agent_config(&s.log_dir.join(glob), "");
-    let mut agent = Agent::start(&agent_dir, &s.pki, &s.relay, "tail-host", &config).unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (mut agent, agent_dir, mut client) = s.agent_and_subscriber(&config).await;
     let total = 16_000;
-    let (tx, rx) = mpsc::channel();
-    let writer = {
-        let log = log.clone();
-        std::thread::spawn(move || write_rotating(log, total, 3000, tx))
-    };
-    let rotation =
-        || tokio::task::block_in_place(|| rx.recv_timeout(Duration::from_secs(20))).unwrap();
+    let (writer, rotations) = start_writing(&log, total);
+    let rotation = || next_rotation(&rotations);
     rotation();
     assert_eq!(rotation(), 2);
     let status = tokio::task::block_in_place(|| agent.terminate(Duration::from_secs(10))).unwrap();
@@ -288,11 +276,8 @@ async fn a_rotated_file_compressed_while_the_agent_was_down_is_reported() {
     let s = setup();
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, "").unwrap();
-    let agent_dir = s.dir.path().join("agent");
     let config = agent_config(&s.log_dir.join("*.log"), "");
-    let mut agent = Agent::start(&agent_dir, &s.pki, &s.relay, "tail-host", &config).unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (mut agent, agent_dir, mut client) = s.agent_and_subscriber(&config).await;
     append(&log, 0, 100);
     collect_until(&mut client, 99).await;
     tokio::task::block_in_place(|| agent.terminate(Duration::from_secs(10))).unwrap();

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use o1_tests::{Agent, JournalEntry, WsClient, journal_append, line_number, wait_for_host};
+use o1_tests::{Agent, JournalEntry, WsClient, journal_append, line_number};
 use serde_json::Value;
 
-use crate::tailing::{T, assert_exactly, collect_until, setup, subscribe};
+use crate::tailing::{T, assert_exactly, collect_until, setup};
 
 /// 2023-11-14T22:13:20.123Z in microseconds.
 const T0: u64 = 1_700_000_000_123_000;
@@ -94,16 +94,7 @@ async fn entries_of_the_configured_units_arrive_with_level_message_and_time() {
         "[[application]]\nname = \"api\"\njournal = {{ identifiers = [\"api-cron\"], min_priority = \"notice\", directory = \"{}\" }}\n",
         journal.display()
     );
-    let agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &config(&journal, &api),
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (agent, _, mut client) = s.agent_and_subscriber(&config(&journal, &api)).await;
     let got = tokio::time::timeout(
         Duration::from_secs(15),
         collect_numbers(&mut client, &[0, 1, 2, 3]),
@@ -158,17 +149,7 @@ async fn entries_written_while_the_agent_is_stopped_or_killed_arrive_once() {
     let journal = s.dir.path().join("journal");
     let entries = |from: u64, to: u64| (from..to).map(numbered_entry).collect::<Vec<_>>();
     journal_append(&journal, &entries(0, 500)).unwrap();
-    let agent_dir = s.dir.path().join("agent");
-    let mut agent = Agent::start(
-        &agent_dir,
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &config(&journal, ""),
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (mut agent, agent_dir, mut client) = s.agent_and_subscriber(&config(&journal, "")).await;
     let mut seen = collect_until(&mut client, 499).await;
 
     // Stopped: entries appended meanwhile arrive once after the restart.
@@ -210,16 +191,7 @@ async fn without_a_journal_the_agent_says_so_and_keeps_tailing_files() {
         "[[application]]\nname = \"files\"\nlogs = [\"{}\"]\n",
         log.display()
     );
-    let agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &config(&missing, &files),
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (agent, _, mut client) = s.agent_and_subscriber(&config(&missing, &files)).await;
     o1_tests::append_numbered(&log, 0, 3).unwrap();
     collect_until(&mut client, 2).await;
     let log = o1_tests::eventually(Duration::from_secs(5), || async {

@@ -20,6 +20,18 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// Starts an agent for `tail-host` with `config` in `agent/`, waits
+    /// until the relay lists it, and subscribes to its logs: the start of
+    /// most tests of the file edges. Returns the agent, its directory and
+    /// the subscriber.
+    pub(crate) async fn agent_and_subscriber(&self, config: &str) -> (Agent, PathBuf, WsClient) {
+        let dir = self.dir.path().join("agent");
+        let agent = Agent::start(&dir, &self.pki, &self.relay, "tail-host", config).unwrap();
+        wait_for_host(&self.relay, "tail-host").await.unwrap();
+        let client = subscribe(&self.relay).await;
+        (agent, dir, client)
+    }
+
     /// A new relay on the ports of the one that was killed.
     fn relay_back(&self, http: std::net::SocketAddr, uplink: std::net::SocketAddr) -> Relay {
         tokio::task::block_in_place(|| {
