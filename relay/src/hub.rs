@@ -87,16 +87,20 @@ const GATE_LINES: usize = 4096;
 #[derive(Debug, Default)]
 struct ReplayGate {
     /// `None` once open.
-    held: Mutex<Option<(Vec<Outgoing>, u64)>>,
+    held: Mutex<Option<Held>>,
 }
 
+/// Lines a gate holds back, with their history sequence, and how many it
+/// dropped.
+type Held = (Vec<(u64, Outgoing)>, u64);
+
 impl LogSubscription {
-    fn deliver(&self, message: Outgoing) {
+    fn deliver(&self, sequence: u64, message: Outgoing) {
         if let Some(gate) = &self.gate {
             let mut held = gate.held.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((lines, dropped)) = held.as_mut() {
                 if lines.len() < GATE_LINES {
-                    lines.push(message);
+                    lines.push((sequence, message));
                 } else {
                     *dropped += 1;
                 }
@@ -456,32 +460,10 @@ impl Hub {
             })
         });
         let unfiltered = filter.min_level.is_none() && filter.search_lower.is_none();
-        let snapshot: Vec<Vec<Arc<HistoryLine>>> = {
+        // Registered first, with a closed gate: O(1) under the index lock.
+        {
             let mut index = self.write_index();
             outbound.push_reply(ack(id));
-            let snapshot = if tail == 0 {
-                Vec::new()
-            } else {
-                let history = self.lock_history();
-                let sources: Vec<&VecDeque<Arc<HistoryLine>>> = history
-                    .matching_sources(filter.host.as_deref(), filter.application.as_deref())
-                    .map(|source| &source.lines)
-                    .collect();
-                if unfiltered {
-                    // Every line matches: pick the newest `tail` here (a
-                    // merge of index arithmetic) and take only those.
-                    let mut picked = newest(&sources, tail, |_| true);
-                    picked.reverse();
-                    vec![picked.into_iter().cloned().collect()]
-                } else {
-                    // Reference counts only: matching happens after the
-                    // locks are released.
-                    sources
-                        .iter()
-                        .map(|lines| lines.iter().cloned().collect())
-                        .collect()
-                }
-            };
             index.logs.insert(
                 filter.host.clone().as_ref(),
                 filter.application.clone().as_ref(),
@@ -492,7 +474,51 @@ impl Hub {
                     gate: gate.clone(),
                 },
             );
-            snapshot
+        }
+        // The seam: lines before `cut` come from history, lines from `cut`
+        // on through the gate (every one of those was routed to the
+        // subscription, registered before `cut` was read).
+        let (cut, snapshot): (u64, Vec<Vec<Arc<HistoryLine>>>) = if tail == 0 {
+            (0, Vec::new())
+        } else if unfiltered {
+            // Every line matches: pick the newest `tail` under one short
+            // hold (a merge of index arithmetic) and take only those.
+            let history = self.lock_history();
+            let cut = history.next_sequence;
+            let sources: Vec<&VecDeque<Arc<HistoryLine>>> = history
+                .matching_sources(filter.host.as_deref(), filter.application.as_deref())
+                .map(|source| &source.lines)
+                .collect();
+            let mut picked = newest(&sources, tail, |_| true);
+            picked.reverse();
+            (cut, vec![picked.into_iter().cloned().collect()])
+        } else {
+            // Matching needs every candidate: take them source by source,
+            // one short hold of the history lock each, so a publish never
+            // waits for more than one source's reference counts.
+            let (cut, keys): (u64, Vec<(String, String)>) = {
+                let history = self.lock_history();
+                let keys = history
+                    .matching_sources(filter.host.as_deref(), filter.application.as_deref())
+                    .map(|source| (source.host.to_string(), source.application.to_string()))
+                    .collect();
+                (history.next_sequence, keys)
+            };
+            let snapshot = keys
+                .iter()
+                .filter_map(|(host, application)| {
+                    let history = self.lock_history();
+                    let lines = &history.sources.get(host)?.get(application)?.lines;
+                    Some(
+                        lines
+                            .iter()
+                            .take_while(|line| line.sequence < cut)
+                            .cloned()
+                            .collect(),
+                    )
+                })
+                .collect();
+            (cut, snapshot)
         };
         if let Some(gate) = gate {
             // Outside every lock: the newest `tail` matching lines.
@@ -511,7 +537,8 @@ impl Hub {
             // waits, so it can never overtake the ones held back.
             let mut held = gate.held.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((lines, dropped)) = held.take() {
-                for line in lines {
+                // Lines before the cut are in the snapshot already.
+                for (_, line) in lines.into_iter().filter(|(sequence, _)| *sequence >= cut) {
                     outbound.push_log(line);
                 }
                 outbound.count_dropped(id, dropped);
@@ -726,7 +753,7 @@ impl Hub {
                 }
             }
         }
-        {
+        let sequence = {
             let mut history = self.lock_history();
             let sequence = history.next_sequence;
             history.next_sequence += 1;
@@ -745,7 +772,8 @@ impl Hub {
                     source.line_bytes -= old.body.len();
                 }
             }
-        }
+            sequence
+        };
         // Lower-cased once per line, for every subscription that searches.
         let mut lowered: Option<String> = None;
         index
@@ -759,11 +787,14 @@ impl Hub {
                     filter.content_matches(record.level, "")
                 };
                 if matches {
-                    subscription.deliver(Outgoing {
-                        subscription: subscription.id,
-                        body: body.clone(),
-                        ingested_at: Some(ingested_at),
-                    });
+                    subscription.deliver(
+                        sequence,
+                        Outgoing {
+                            subscription: subscription.id,
+                            body: body.clone(),
+                            ingested_at: Some(ingested_at),
+                        },
+                    );
                 }
             });
     }

@@ -127,6 +127,9 @@ enum Mode {
         subscriptions: usize,
         #[arg(long, default_value_t = 1000)]
         tail: u64,
+        /// A `search` for every replay (the filtered path).
+        #[arg(long)]
+        search: Option<String>,
     },
     Ingest {
         #[arg(long)]
@@ -226,6 +229,7 @@ async fn main() -> Result<()> {
             clients,
             subscriptions,
             tail,
+            search,
         } => {
             let settings = agent_settings(&uplink, &ca, &token, "replay-stall", "app-0");
             replay_stall(
@@ -233,6 +237,7 @@ async fn main() -> Result<()> {
                 settings,
                 (sources, lines),
                 (clients, subscriptions, tail),
+                search,
             )
             .await
         }
@@ -353,6 +358,7 @@ async fn replay_stall(
     settings: o1_agent::uplink::UplinkSettings,
     (sources, lines): (usize, usize),
     (clients, subscriptions, tail): (usize, usize, u64),
+    search: Option<String>,
 ) -> Result<()> {
     let endpoint = o1_agent::uplink::endpoint(&settings)?;
     let mut session = o1_agent::uplink::connect(&endpoint, &settings).await?;
@@ -397,10 +403,12 @@ async fn replay_stall(
         }
         for n in 0..subscriptions {
             for socket in sockets.iter_mut() {
-                let text =
-                    serde_json::json!({"type": "subscribe-logs", "tail": tail, "requestId": n})
-                        .to_string();
-                socket.send(Message::text(text)).await?;
+                let mut request =
+                    serde_json::json!({"type": "subscribe-logs", "tail": tail, "requestId": n});
+                if let Some(search) = &search {
+                    request["search"] = serde_json::Value::from(search.as_str());
+                }
+                socket.send(Message::text(request.to_string())).await?;
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
