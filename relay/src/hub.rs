@@ -79,6 +79,13 @@ struct LogSubscription {
     gate: Option<Arc<ReplayGate>>,
 }
 
+/// History lines a filtered replay examines per hold of the history lock.
+const SCAN_SLICE: usize = 2048;
+/// A filtered replay examines at most this many lines per line it may
+/// return: a search that rarely matches replays from the most recent
+/// `20 × tail` lines only, so its CPU is bounded by the replay budget.
+const SCAN_PER_LINE: usize = 20;
+
 /// Most live lines held back while a replay is prepared; more are dropped
 /// and counted.
 const GATE_LINES: usize = 4096;
@@ -493,9 +500,9 @@ impl Hub {
             picked.reverse();
             (cut, vec![picked.into_iter().cloned().collect()])
         } else {
-            // Matching needs every candidate: take them source by source,
-            // one short hold of the history lock each, so a publish never
-            // waits for more than one source's reference counts.
+            // Matching: newest first across the sources, in slices of
+            // SCAN_SLICE lines per hold of the history lock, stopping after
+            // `tail` matches or SCAN_PER_LINE × `tail` lines.
             let (cut, keys): (u64, Vec<(String, String)>) = {
                 let history = self.lock_history();
                 let keys = history
@@ -504,21 +511,10 @@ impl Hub {
                     .collect();
                 (history.next_sequence, keys)
             };
-            let snapshot = keys
-                .iter()
-                .filter_map(|(host, application)| {
-                    let history = self.lock_history();
-                    let lines = &history.sources.get(host)?.get(application)?.lines;
-                    Some(
-                        lines
-                            .iter()
-                            .take_while(|line| line.sequence < cut)
-                            .cloned()
-                            .collect(),
-                    )
-                })
-                .collect();
-            (cut, snapshot)
+            let picked = self.scan_newest(&keys, cut, tail, |line| {
+                filter.content_matches(line.level, &line.message)
+            });
+            (cut, vec![picked.into_iter().rev().collect()])
         };
         if let Some(gate) = gate {
             // Outside every lock: the newest `tail` matching lines.
@@ -548,6 +544,69 @@ impl Hub {
             id,
             kind: HandleKind::Logs(filter.host.clone(), filter.application.clone()),
         }
+    }
+
+    /// The newest `n` lines before `cut` that pass `keep`, newest first,
+    /// across the sources `keys`: a k-way merge by sequence, run in slices
+    /// of [`SCAN_SLICE`] lines per hold of the history lock (positions are
+    /// found again by sequence after each release), at most
+    /// [`SCAN_PER_LINE`] × `n` lines in all.
+    fn scan_newest(
+        &self,
+        keys: &[(String, String)],
+        cut: u64,
+        n: usize,
+        keep: impl Fn(&HistoryLine) -> bool,
+    ) -> Vec<Arc<HistoryLine>> {
+        // Per source: examine lines with a sequence below this; `None`
+        // once the source is exhausted.
+        let mut below: Vec<Option<u64>> = vec![Some(cut); keys.len()];
+        let mut picked = Vec::new();
+        let mut scanned = 0usize;
+        let limit = n.saturating_mul(SCAN_PER_LINE);
+        while picked.len() < n && scanned < limit {
+            let history = self.lock_history();
+            let lists: Vec<Option<&VecDeque<Arc<HistoryLine>>>> = keys
+                .iter()
+                .map(|(h, a)| Some(&history.sources.get(h)?.get(a)?.lines))
+                .collect();
+            let mut heap = std::collections::BinaryHeap::new();
+            for (i, list) in lists.iter().enumerate() {
+                let (Some(list), Some(limit)) = (list, below[i]) else {
+                    below[i] = None;
+                    continue;
+                };
+                let position = list.partition_point(|line| line.sequence < limit);
+                match position.checked_sub(1) {
+                    Some(p) => heap.push((list[p].sequence, i, p)),
+                    None => below[i] = None,
+                }
+            }
+            if heap.is_empty() {
+                break;
+            }
+            let mut slice = 0;
+            while slice < SCAN_SLICE && picked.len() < n && scanned < limit {
+                let Some((sequence, i, p)) = heap.pop() else {
+                    break;
+                };
+                let Some(list) = lists[i] else { continue };
+                slice += 1;
+                scanned += 1;
+                below[i] = Some(sequence);
+                if keep(&list[p]) {
+                    picked.push(list[p].clone());
+                }
+                match p.checked_sub(1) {
+                    Some(p) => heap.push((list[p].sequence, i, p)),
+                    None => below[i] = None,
+                }
+            }
+            drop(history);
+            // Let routing take the lock between slices.
+            std::thread::yield_now();
+        }
+        picked
     }
 
     /// Subscribes to metrics; the latest sample of every matching series is
@@ -1015,6 +1074,57 @@ mod tests {
             message: format!("line {sequence}"),
             body: Bytes::new(),
         })
+    }
+
+    #[test]
+    fn a_filtered_tail_scans_newest_first_across_sources_in_slices() {
+        let hub = Hub::new(
+            Arc::new(Stats::new()),
+            HistoryLimits::default(),
+            RegistryLimits::default(),
+        );
+        let now = Timestamp::now();
+        // 3,000 lines over two applications, every 7th an ERROR.
+        for n in 0..3000u64 {
+            let item = Item::Log(LogRecord {
+                application: format!("app-{}", n % 2),
+                timestamp_ms: 0,
+                level: if n % 7 == 0 {
+                    Level::Error
+                } else {
+                    Level::Info
+                },
+                message: format!("line {n} {}", if n % 7 == 0 { "Disk FULL" } else { "ok" }),
+                deployment_id: None,
+            });
+            hub.publish("h", &[item], Instant::now(), now);
+        }
+        let outbound = Arc::new(Outbound::new(Default::default(), hub.stats.clone()));
+        let request = SubscribeLogs {
+            tail: Some(5),
+            search: Some("disk full".into()),
+            ..SubscribeLogs::default()
+        };
+        hub.subscribe_logs(
+            &request,
+            &outbound,
+            |_| Outgoing::reply(Bytes::from_static(b"{}")),
+            100,
+        );
+        let drained = futures_util::FutureExt::now_or_never(outbound.next()).unwrap();
+        let texts: Vec<String> = drained
+            .messages
+            .iter()
+            .skip(1)
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .collect();
+        // The newest five multiples of 7 below 3,000, oldest first: the
+        // sources kept 1,000 lines each (lines 1,000 to 2,999).
+        let expected = [2961, 2968, 2975, 2982, 2989, 2996];
+        assert_eq!(texts.len(), 5, "{texts:?}");
+        for (text, n) in texts.iter().zip(&expected[1..]) {
+            assert!(text.contains(&format!("line {n} ")), "{text} vs {n}");
+        }
     }
 
     #[test]
