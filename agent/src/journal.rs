@@ -39,8 +39,14 @@ use crate::config::{JournalConfig, StartAt, parse_priority};
 use crate::pipeline::Event;
 use crate::tail::cut_message;
 
-/// Most entries in one event to the batcher.
+/// Most entries, and bytes of messages, in one event to the batcher (the
+/// event queue holds 256 events: this bounds what it can hold).
 const ENTRIES_PER_EVENT: usize = 512;
+const BYTES_PER_EVENT: usize = 256 * 1024;
+/// Longest line of journalctl's output read into memory; a longer entry
+/// is skipped and reported (its message would be cut to
+/// `logs.max_line_bytes` anyway, but its JSON cannot be parsed in part).
+const MAX_ENTRY_BYTES: usize = 8 * 1024 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const LONGEST_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -371,20 +377,25 @@ impl JournalReader {
     fn read<R: Read>(&mut self, mut reader: BufReader<R>) -> Exit {
         let mut line = Vec::new();
         let mut items = Vec::new();
+        let mut bytes = 0usize;
         let mut last_cursor: Option<String> = None;
         loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => {
+            match read_line_bounded(&mut reader, &mut line, MAX_ENTRY_BYTES) {
+                Ok(Line::Whole) => {}
+                Ok(Line::TooLong(skipped)) => {
+                    tracing::warn!(application = %self.source.application, skipped_bytes = skipped, max = MAX_ENTRY_BYTES, "a journal entry longer than the agent reads was skipped");
+                    continue;
+                }
+                Ok(Line::End) | Err(_) => {
                     if !self.send(&mut items, &mut last_cursor) {
                         return Exit::BatcherGone;
                     }
                     return Exit::Ended(String::new());
                 }
-                Ok(_) => {}
             }
             match self.source.record(&line) {
                 Ok((record, cursor)) => {
+                    bytes += record.message.len();
                     items.push(Item::Log(record));
                     last_cursor = Some(cursor);
                 }
@@ -395,10 +406,14 @@ impl JournalReader {
             }
             // Hand on what is here once nothing more is buffered (never
             // wait for more with entries in hand), or a full event's worth.
-            if (reader.buffer().is_empty() || items.len() >= ENTRIES_PER_EVENT)
-                && !self.send(&mut items, &mut last_cursor)
+            if reader.buffer().is_empty()
+                || items.len() >= ENTRIES_PER_EVENT
+                || bytes >= BYTES_PER_EVENT
             {
-                return Exit::BatcherGone;
+                bytes = 0;
+                if !self.send(&mut items, &mut last_cursor) {
+                    return Exit::BatcherGone;
+                }
             }
         }
     }
@@ -425,6 +440,43 @@ impl JournalReader {
     }
 }
 
+/// What [`read_line_bounded`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A whole line (with its newline, or the last one without).
+    Whole,
+    /// A line over the limit, read and thrown away: how many bytes.
+    TooLong(usize),
+    /// End of output.
+    End,
+}
+
+/// Reads one line into `line`, holding at most `max` bytes of it.
+fn read_line_bounded(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    line.clear();
+    let n = reader.take(max as u64).read_until(b'\n', line)?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    if n < max || line.last() == Some(&b'\n') {
+        return Ok(Line::Whole);
+    }
+    let mut skipped = n;
+    loop {
+        line.clear();
+        let n = reader.take(64 * 1024).read_until(b'\n', line)?;
+        skipped += n;
+        if n == 0 || line.last() == Some(&b'\n') {
+            line.clear();
+            return Ok(Line::TooLong(skipped));
+        }
+    }
+}
+
 enum Exit {
     Stopped,
     BatcherGone,
@@ -447,6 +499,22 @@ mod tests {
             },
             100,
         )
+    }
+
+    #[test]
+    fn lines_over_the_limit_are_skipped_whole_and_the_next_one_read() {
+        let input = format!("short\n{}\nnext\nlast", "x".repeat(100));
+        let mut reader = std::io::BufReader::with_capacity(8, input.as_bytes());
+        let mut line = Vec::new();
+        let mut read = || {
+            read_line_bounded(&mut reader, &mut line, 16)
+                .map(|l| (l, String::from_utf8_lossy(&line).into_owned()))
+        };
+        assert_eq!(read().unwrap(), (Line::Whole, "short\n".into()));
+        assert_eq!(read().unwrap(), (Line::TooLong(101), String::new()));
+        assert_eq!(read().unwrap(), (Line::Whole, "next\n".into()));
+        assert_eq!(read().unwrap(), (Line::Whole, "last".into()));
+        assert_eq!(read().unwrap(), (Line::End, String::new()));
     }
 
     #[test]
