@@ -8,12 +8,13 @@
 //!
 //! Lock order, always: `index` → `deployments` → `history`. Routing holds
 //! the index read lock while it appends to history and pushes to queues.
-//! A `tail` subscription holds the write lock only to insert itself (with a
-//! gate that holds back its live lines) and to take a snapshot of the
-//! candidate history lines (reference-counted: no copying, no matching);
-//! it filters and replays the snapshot after releasing every lock, then
-//! opens the gate. So a subscriber sees every item exactly once, history
-//! then live, and ingest never waits for a replay to be walked.
+//! A `tail` subscription holds the write lock only to insert itself, with a
+//! gate that holds back its live lines; it then reads history below a cut
+//! (the next sequence) newest first, in short holds of the history lock
+//! ([`Hub::scan_newest`]), queues the replay, and opens the gate, dropping
+//! the held lines the replay already covered. So a subscriber sees every
+//! item exactly once, history then live, and ingest never waits for a
+//! replay to be walked.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -303,53 +304,6 @@ impl History {
     }
 }
 
-/// The newest `n` lines that pass `keep`, newest first, across lists each
-/// in sequence order: a k-way merge from their ends that stops after `n`.
-fn newest<'a, L>(
-    lists: &[&'a L],
-    n: usize,
-    keep: impl Fn(&HistoryLine) -> bool,
-) -> Vec<&'a Arc<HistoryLine>>
-where
-    L: std::ops::Index<usize, Output = Arc<HistoryLine>> + Lines,
-{
-    let mut picked = Vec::with_capacity(n.min(4096));
-    let mut ends: Vec<usize> = lists.iter().map(|l| l.count()).collect();
-    let mut heap: std::collections::BinaryHeap<(u64, usize)> = lists
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| ends[*i] > 0)
-        .map(|(i, l)| (l[ends[i] - 1].sequence, i))
-        .collect();
-    while picked.len() < n {
-        let Some((_, i)) = heap.pop() else { break };
-        ends[i] -= 1;
-        let line = &lists[i][ends[i]];
-        if keep(line) {
-            picked.push(line);
-        }
-        if ends[i] > 0 {
-            heap.push((lists[i][ends[i] - 1].sequence, i));
-        }
-    }
-    picked
-}
-
-/// A list of history lines (a source's deque, or a snapshot of it).
-trait Lines {
-    fn count(&self) -> usize;
-}
-impl Lines for VecDeque<Arc<HistoryLine>> {
-    fn count(&self) -> usize {
-        self.len()
-    }
-}
-impl Lines for Vec<Arc<HistoryLine>> {
-    fn count(&self) -> usize {
-        self.len()
-    }
-}
-
 /// Why a subscription was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
@@ -466,7 +420,6 @@ impl Hub {
                 held: Mutex::new(Some((Vec::new(), 0))),
             })
         });
-        let unfiltered = filter.min_level.is_none() && filter.search_lower.is_none();
         // Registered first, with a closed gate: O(1) under the index lock.
         {
             let mut index = self.write_index();
@@ -485,41 +438,21 @@ impl Hub {
         // The seam: lines before `cut` come from history, lines from `cut`
         // on through the gate (every one of those was routed to the
         // subscription, registered before `cut` was read).
-        let (cut, snapshot): (u64, Vec<Vec<Arc<HistoryLine>>>) = if tail == 0 {
+        let (cut, keys): (u64, Vec<(String, String)>) = if tail == 0 {
             (0, Vec::new())
-        } else if unfiltered {
-            // Every line matches: pick the newest `tail` under one short
-            // hold (a merge of index arithmetic) and take only those.
-            let history = self.lock_history();
-            let cut = history.next_sequence;
-            let sources: Vec<&VecDeque<Arc<HistoryLine>>> = history
-                .matching_sources(filter.host.as_deref(), filter.application.as_deref())
-                .map(|source| &source.lines)
-                .collect();
-            let mut picked = newest(&sources, tail, |_| true);
-            picked.reverse();
-            (cut, vec![picked.into_iter().cloned().collect()])
         } else {
-            // Matching: newest first across the sources, in slices of
-            // SCAN_SLICE lines per hold of the history lock, stopping after
-            // `tail` matches or SCAN_PER_LINE × `tail` lines.
-            let (cut, keys): (u64, Vec<(String, String)>) = {
-                let history = self.lock_history();
-                let keys = history
-                    .matching_sources(filter.host.as_deref(), filter.application.as_deref())
-                    .map(|source| (source.host.to_string(), source.application.to_string()))
-                    .collect();
-                (history.next_sequence, keys)
-            };
-            let picked = self.scan_newest(&keys, cut, tail, |line| {
-                filter.content_matches(line.level, &line.message)
-            });
-            (cut, vec![picked.into_iter().rev().collect()])
+            let history = self.lock_history();
+            let keys = history
+                .matching_sources(filter.host.as_deref(), filter.application.as_deref())
+                .map(|source| (source.host.to_string(), source.application.to_string()))
+                .collect();
+            (history.next_sequence, keys)
         };
         if let Some(gate) = gate {
-            // Outside every lock: the newest `tail` matching lines.
-            let lists: Vec<&Vec<Arc<HistoryLine>>> = snapshot.iter().collect();
-            let replay = newest(&lists, tail, |line| {
+            // Newest first across the sources, in short holds of the
+            // history lock; matching (when the filter has a level or a
+            // search) happens line by line and stops after `tail` matches.
+            let replay = self.scan_newest(&keys, cut, tail, |line| {
                 filter.content_matches(line.level, &line.message)
             });
             for line in replay.into_iter().rev() {
@@ -533,7 +466,7 @@ impl Hub {
             // waits, so it can never overtake the ones held back.
             let mut held = gate.held.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((lines, dropped)) = held.take() {
-                // Lines before the cut are in the snapshot already.
+                // Lines before the cut were replayed from history already.
                 for (_, line) in lines.into_iter().filter(|(sequence, _)| *sequence >= cut) {
                     outbound.push_log(line);
                 }
@@ -1145,22 +1078,38 @@ mod tests {
     }
 
     #[test]
-    fn newest_merges_sources_from_their_ends_and_stops_after_n() {
-        let a: VecDeque<Arc<HistoryLine>> = [1, 4, 5, 9].map(|s| line(s, Level::Info)).into();
-        let b: VecDeque<Arc<HistoryLine>> = [2, 3, 7, 8].map(|s| line(s, Level::Error)).into();
-        let empty: VecDeque<Arc<HistoryLine>> = VecDeque::new();
-        let sources = [&a, &b, &empty];
-        let sequences =
-            |picked: Vec<&Arc<HistoryLine>>| picked.iter().map(|l| l.sequence).collect::<Vec<_>>();
-        let table: &[(usize, Option<Level>, Vec<u64>)] = &[
-            (3, None, vec![9, 8, 7]),
-            (0, None, vec![]),
-            (100, None, vec![9, 8, 7, 5, 4, 3, 2, 1]),
-            (3, Some(Level::Error), vec![8, 7, 3]),
+    fn the_scan_merges_sources_from_their_ends_and_stops_after_n() {
+        let hub = Hub::new(
+            Arc::new(Stats::new()),
+            HistoryLimits::default(),
+            RegistryLimits::default(),
+        );
+        {
+            let mut history = hub.lock_history();
+            for (app, sequences, level) in [
+                ("a", [1, 4, 5, 9], Level::Info),
+                ("b", [2, 3, 7, 8], Level::Error),
+            ] {
+                let source = history.source("h", app);
+                source.lines.extend(sequences.map(|s| line(s, level)));
+            }
+            history.source("h", "empty");
+        }
+        let keys: Vec<(String, String)> = ["a", "b", "empty", "gone"]
+            .map(|app| ("h".to_owned(), app.to_owned()))
+            .into();
+        let table: &[(usize, u64, Option<Level>, Vec<u64>)] = &[
+            (3, 10, None, vec![9, 8, 7]),
+            (0, 10, None, vec![]),
+            (100, 10, None, vec![9, 8, 7, 5, 4, 3, 2, 1]),
+            (3, 10, Some(Level::Error), vec![8, 7, 3]),
+            // Lines from the cut on are left to the gate.
+            (3, 8, None, vec![7, 5, 4]),
         ];
-        for (n, min, expected) in table {
-            let picked = newest(&sources, *n, |l| min.is_none_or(|m| l.level >= m));
-            assert_eq!(&sequences(picked), expected, "n={n} min={min:?}");
+        for (n, cut, min, expected) in table {
+            let picked = hub.scan_newest(&keys, *cut, *n, |l| min.is_none_or(|m| l.level >= m));
+            let sequences: Vec<u64> = picked.iter().map(|l| l.sequence).collect();
+            assert_eq!(&sequences, expected, "n={n} cut={cut} min={min:?}");
         }
     }
 
