@@ -138,8 +138,9 @@ struct State {
     bytes: usize,
     /// Of those, what is charged to the client address's budget.
     charged: usize,
-    /// The writer took a batch at this time and has not finished writing it.
-    writing_since: Option<Instant>,
+    /// The last stall check saw the writer busy, with this many batches
+    /// written, at this time (the writer never reads the clock).
+    busy_seen: Option<(u64, Instant)>,
 }
 
 /// What a connection may queue before it draws on its address's budget.
@@ -171,6 +172,10 @@ impl AddressBudget {
 #[derive(Debug)]
 pub struct Outbound {
     state: Mutex<State>,
+    /// The writer holds a batch it has not finished writing.
+    writing: std::sync::atomic::AtomicBool,
+    /// Batches the writer finished.
+    batches_written: std::sync::atomic::AtomicU64,
     notify: Notify,
     limits: OutboundLimits,
     stats: Arc<Stats>,
@@ -181,6 +186,8 @@ impl Outbound {
     pub fn new(limits: OutboundLimits, stats: Arc<Stats>) -> Self {
         Outbound {
             state: Mutex::new(State::default()),
+            writing: Default::default(),
+            batches_written: Default::default(),
             notify: Notify::new(),
             limits,
             stats,
@@ -331,17 +338,36 @@ impl Outbound {
     }
 
     /// Whether the queue has been full, or the writer stuck on one batch,
-    /// for longer than the stall timeout.
+    /// for longer than the stall timeout. Called periodically: the writer
+    /// is stuck when it was busy at an earlier call and has finished no
+    /// batch since.
     pub fn is_stalled(&self, now: Instant) -> bool {
-        let state = self.lock();
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut state = self.lock();
         let too_long =
             |since: Instant| now.saturating_duration_since(since) >= self.limits.stall_timeout;
-        state.full_since.is_some_and(too_long) || state.writing_since.is_some_and(too_long)
+        let written = self.batches_written.load(Relaxed);
+        let busy_since = if self.writing.load(Relaxed) {
+            match state.busy_seen {
+                Some((seen, since)) if seen == written => Some(since),
+                _ => {
+                    state.busy_seen = Some((written, now));
+                    Some(now)
+                }
+            }
+        } else {
+            state.busy_seen = None;
+            None
+        };
+        state.full_since.is_some_and(too_long) || busy_since.is_some_and(too_long)
     }
 
-    /// The writer finished writing what it took.
+    /// The writer finished writing what it took (no lock, no clock: this
+    /// runs once per batch written).
     pub fn written(&self) {
-        self.lock().writing_since = None;
+        use std::sync::atomic::Ordering::Relaxed;
+        self.batches_written.fetch_add(1, Relaxed);
+        self.writing.store(false, Relaxed);
     }
 
     /// Waits until something is queued, then takes all of it.
@@ -363,7 +389,8 @@ impl Outbound {
                     state.full_since = None;
                     self.discharge(&mut state);
                     state.bytes = 0;
-                    state.writing_since = Some(Instant::now());
+                    self.writing
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     return Drained {
                         messages,
                         dropped: std::mem::take(&mut state.dropped),
