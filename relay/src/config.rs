@@ -166,6 +166,8 @@ pub struct DeploymentsConfig {
     pub max_finished: usize,
     /// Log lines kept per deployment for replay.
     pub max_log_lines: usize,
+    /// Bytes of log lines kept per deployment for replay.
+    pub max_log_bytes: usize,
     /// Deployments pending or running at once; creating more answers 429.
     pub max_active: usize,
     /// Seconds without an event after which a pending or running
@@ -181,6 +183,7 @@ impl Default for DeploymentsConfig {
         DeploymentsConfig {
             max_finished: limits.max_finished,
             max_log_lines: limits.max_log_lines,
+            max_log_bytes: limits.max_log_bytes,
             max_active: limits.max_active,
             active_ttl_secs: limits.active_ttl.as_secs(),
             max_message_bytes: limits.max_message_bytes,
@@ -298,6 +301,10 @@ impl RelayConfig {
         positive("http.max_connections", self.http.max_connections as u64)?;
         positive("history.max_line_bytes", self.history.max_line_bytes as u64)?;
         positive("deployments.max_active", self.deployments.max_active as u64)?;
+        positive(
+            "deployments.max_log_bytes",
+            self.deployments.max_log_bytes as u64,
+        )?;
         positive("uplink.max_handshaking", self.uplink.max_handshaking as u64)?;
         positive(
             "uplink.forget_hosts_after_secs",
@@ -363,6 +370,7 @@ impl RelayConfig {
         RegistryLimits {
             max_finished: self.deployments.max_finished,
             max_log_lines: self.deployments.max_log_lines,
+            max_log_bytes: self.deployments.max_log_bytes,
             max_active: self.deployments.max_active,
             active_ttl: Duration::from_secs(self.deployments.active_ttl_secs),
             max_message_bytes: self.deployments.max_message_bytes,

@@ -27,6 +27,9 @@ pub struct Deployment {
     pub ended_at: Option<Timestamp>,
     #[serde(skip)]
     pub logs: VecDeque<DeploymentLog>,
+    /// Bytes of the kept lines' messages (bounded by `max_log_bytes`).
+    #[serde(skip)]
+    pub log_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -73,7 +76,7 @@ pub enum DeploymentError {
 /// Longest application or host name of a deployment.
 pub const MAX_NAME_BYTES: usize = 256;
 /// Most hosts a deployment names.
-pub const MAX_HOSTS: usize = 1000;
+pub const MAX_HOSTS: usize = 100;
 
 /// Limits of the registry.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +85,8 @@ pub struct RegistryLimits {
     pub max_finished: usize,
     /// Log lines kept per deployment for replay.
     pub max_log_lines: usize,
+    /// Bytes of log lines kept per deployment; the oldest go first.
+    pub max_log_bytes: usize,
     /// Deployments pending or running at once; more are refused (429).
     pub max_active: usize,
     /// A pending or running deployment with no event for this long ends
@@ -96,7 +101,8 @@ impl Default for RegistryLimits {
         RegistryLimits {
             max_finished: 1000,
             max_log_lines: 1000,
-            max_active: 10_000,
+            max_log_bytes: 256 * 1024,
+            max_active: 1_000,
             active_ttl: std::time::Duration::from_secs(3600),
             max_message_bytes: 4096,
         }
@@ -219,6 +225,7 @@ impl Registry {
             updated_at: now,
             ended_at: None,
             logs: VecDeque::new(),
+            log_bytes: 0,
         };
         self.deployments.insert(id, deployment.clone());
         Ok(deployment)
@@ -366,9 +373,14 @@ impl Registry {
             .deployments
             .get_mut(id)
             .ok_or(DeploymentError::NotFound)?;
+        deployment.log_bytes += log.body.len();
         deployment.logs.push_back(log);
-        while deployment.logs.len() > self.limits.max_log_lines {
-            deployment.logs.pop_front();
+        while deployment.logs.len() > self.limits.max_log_lines
+            || (deployment.log_bytes > self.limits.max_log_bytes && deployment.logs.len() > 1)
+        {
+            if let Some(old) = deployment.logs.pop_front() {
+                deployment.log_bytes -= old.body.len();
+            }
         }
         Ok(())
     }
@@ -501,6 +513,31 @@ mod tests {
             registry.create(None, long, vec![], None, t0),
             Err(DeploymentError::TooLong("application", _))
         ));
+    }
+
+    #[test]
+    fn a_deployments_lines_are_bounded_in_bytes() {
+        let mut registry = Registry::new(RegistryLimits {
+            max_log_bytes: 3000,
+            ..RegistryLimits::default()
+        });
+        let t0 = at("2024-01-15T10:30:00Z");
+        registry
+            .create(Some("d".into()), "web".into(), vec![], None, t0)
+            .unwrap();
+        for n in 0..10 {
+            let log = DeploymentLog {
+                host: "h".into(),
+                level: Level::Info,
+                message: format!("{n}"),
+                timestamp: t0,
+                body: bytes::Bytes::from(vec![b'x'; 1000]),
+            };
+            registry.add_log("d", log).unwrap();
+        }
+        let kept = &registry.get("d").unwrap().logs;
+        assert_eq!(kept.len(), 3, "3 lines of 1,000 bytes fit in 3,000");
+        assert_eq!(kept[0].message, "7", "the oldest went first");
     }
 
     #[test]
