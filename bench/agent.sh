@@ -13,7 +13,7 @@ LINES=${2:-2000000}
 # Which sections to run (default all): e.g. SECTIONS="1" bench/agent.sh 60
 SECTIONS=${SECTIONS:-"1 2 3 4"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
-cargo build --release --bins -q
+cargo build --release --workspace --bins -q
 BIN=$PWD/target/release
 DIR=$(mktemp -d)
 PIDS=()

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
-cargo build --release --bins -q
+cargo build --release --workspace --bins -q
 BIN=target/release
 DIR=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$DIR/nginx.pid" ] && kill "$(cat "$DIR/nginx.pid")" 2>/dev/null; rm -rf "$DIR"' EXIT

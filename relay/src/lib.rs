@@ -9,13 +9,11 @@
 //! - [`uplink`]: the QUIC endpoint agents push to.
 //! - [`deployments`], [`inventory`]: deployment registry, host inventory.
 //! - [`auth`], [`certs`]: tokens, and the first-deployment certificates.
-//! - [`demo`]: relay plus an in-process agent, for a first look.
 //! - [`stats`]: counters and latency histograms.
 
 pub mod auth;
 pub mod certs;
 pub mod config;
-pub mod demo;
 pub mod deployments;
 pub mod http_server;
 pub mod hub;

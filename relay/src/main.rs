@@ -50,22 +50,6 @@ enum Command {
     },
     /// Print the SHA-256 of a token, for `auth.token_sha256`.
     HashToken { token: String },
-    /// Run a relay and an agent for this machine, with no config and no
-    /// external service (a first look).
-    Demo {
-        /// Where TLS material, the token, the agent's state and demo.log go.
-        #[arg(long, default_value = "o1-data")]
-        dir: PathBuf,
-        /// HTTP listener (WebSocket API and REST).
-        #[arg(long, default_value = "127.0.0.1:3000")]
-        http: std::net::SocketAddr,
-        /// QUIC uplink listener.
-        #[arg(long, default_value = "127.0.0.1:4433")]
-        uplink: std::net::SocketAddr,
-        /// Seconds between heartbeat lines written to demo.log (0: none).
-        #[arg(long, default_value_t = 5)]
-        heartbeat_secs: u64,
-    },
 }
 
 fn init_tracing() {
@@ -88,17 +72,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Serve { no_uplink }) => serve(&cli.config, &cli.overrides, !no_uplink),
-        Some(Command::Demo {
-            dir,
-            http,
-            uplink,
-            heartbeat_secs,
-        }) => demo(o1_relay::demo::DemoOptions {
-            data_dir: dir,
-            http,
-            uplink,
-            heartbeat_secs,
-        }),
         None => serve(&cli.config, &cli.overrides, true),
     }
 }
@@ -174,24 +147,6 @@ fn serve(config_path: &std::path::Path, overrides: &[String], with_uplink: bool)
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("o1-relay: {e:#}");
-                ExitCode::FAILURE
-            }
-        }
-    })
-}
-
-fn demo(options: o1_relay::demo::DemoOptions) -> ExitCode {
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        spawn_signal_handler(shutdown.clone());
-        match o1_relay::demo::demo(options, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("o1-relay demo: {e:#}");
                 ExitCode::FAILURE
             }
         }

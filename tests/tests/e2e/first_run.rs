@@ -1,4 +1,4 @@
-//! The first-run experience: `o1-relay demo` (issue: packaging and first run).
+//! The first-run experience: `o1` (`cargo run --release`) (issue: packaging and first run).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -10,8 +10,7 @@ use serde_json::json;
 async fn the_demo_serves_health_hosts_metrics_and_log_lines_then_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("o1-data");
-    let mut child = Command::new(binary("o1-relay"))
-        .arg("demo")
+    let mut child = Command::new(binary("o1"))
         .arg("--dir")
         .arg(&data)
         .args([

@@ -1,4 +1,4 @@
-//! `o1-relay demo`: the whole system on one machine, no config, no external
+//! `o1` (`cargo run --release`): the whole system on one machine, no config, no external
 //! service. Makes dev TLS material and a token in a data directory (reused
 //! on later runs), starts the relay and an in-process agent for this host
 //! that watches `<data>/demo.log`, appends a heartbeat line to it every few
@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RelayConfig;
-use crate::{AppState, bind, run};
+use o1_relay::config::RelayConfig;
+use o1_relay::{AppState, bind, run};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -33,7 +33,7 @@ fn credentials(data_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     ) {
         return Ok((tls, token.trim().to_owned()));
     }
-    let generated = crate::certs::generate(&tls, &["localhost".into(), "127.0.0.1".into()])?;
+    let generated = o1_relay::certs::generate(&tls, &["localhost".into(), "127.0.0.1".into()])?;
     o1_agent::checkpoint::write_atomically(&token_path, generated.token.as_bytes())?;
     Ok((tls, generated.token))
 }
@@ -49,7 +49,7 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
     config.uplink.listen = options.uplink;
     config.uplink.cert = tls.join("relay.crt");
     config.uplink.key = tls.join("relay.key");
-    config.auth.token_sha256 = vec![crate::auth::hash_token(&token)];
+    config.auth.token_sha256 = vec![o1_relay::auth::hash_token(&token)];
     config.shutdown.grace_secs = 3;
     config.validate()?;
     let listeners = bind(&config, true).await?;
