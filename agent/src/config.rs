@@ -284,7 +284,9 @@ fn default_multiline() -> Multiline {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
-    Load(#[from] o1_common::config::LoadError),
+    Override(#[from] o1_common::config::OverrideError),
+    #[error("{0}")]
+    Load(Box<figment::Error>),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: String, message: String },
 }
@@ -302,7 +304,11 @@ impl AgentConfig {
         required: bool,
         overrides: &[String],
     ) -> Result<Self, ConfigError> {
-        let config: AgentConfig = o1_common::config::load(path, required, "O1_AGENT__", overrides)?;
+        // An absent file that is not required is no layer at all.
+        let path = path.filter(|path| required || path.exists());
+        let config: AgentConfig = o1_common::config::layers(path, "O1_AGENT__", overrides)?
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }

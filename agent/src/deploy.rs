@@ -39,30 +39,16 @@ pub fn parse_progress(line: &str) -> Option<(u8, String)> {
     (progress <= 100).then(|| (progress, message.trim().to_owned()))
 }
 
-fn default_id(now: Timestamp) -> String {
-    let digits: String = now
-        .to_string()
-        .chars()
-        .filter(char::is_ascii_digit)
-        .take(14)
-        .collect();
-    format!("deploy-{}-{}", &digits[..8], &digits[8..])
-}
-
 pub async fn run(
     config: AgentConfig,
     id: Option<String>,
     app: String,
     command: Vec<String>,
 ) -> ExitCode {
-    let id = id.unwrap_or_else(|| default_id(Timestamp::now()));
-    if id.is_empty()
-        || id.len() > 128
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        eprintln!("o1-agent deploy: invalid --id `{id}`: use letters, digits, '-', '_' or '.'");
+    let id = id.unwrap_or_else(|| o1_common::deployment::base_id(Timestamp::now()));
+    if !o1_common::deployment::valid_id(&id) {
+        let rule = o1_common::deployment::ID_RULE;
+        eprintln!("o1-agent deploy: invalid --id `{id}`: {rule}");
         return ExitCode::from(2);
     }
     let Some((program, args)) = command.split_first() else {
@@ -366,11 +352,5 @@ mod tests {
                 "{line}"
             );
         }
-    }
-
-    #[test]
-    fn default_ids_follow_the_seed_form() {
-        let at = Timestamp::parse("2024-01-15T10:30:00Z").unwrap();
-        assert_eq!(default_id(at), "deploy-20240115-103000");
     }
 }

@@ -6,9 +6,10 @@
 //! (prefix, then sections separated by `__`). The value is read as TOML
 //! (`5000`, `true`, `["a","b"]`), and as a plain string when it is not.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::de::DeserializeOwned;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
 use toml::{Table, Value};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -19,62 +20,26 @@ pub enum OverrideError {
     NotATable { key: String, parent: String },
 }
 
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{source_name}: {message}")]
-    Parse {
-        source_name: String,
-        message: String,
-    },
-    #[error(transparent)]
-    Override(#[from] OverrideError),
-}
-
-/// Loads `T` from the TOML file at `path` (a missing file is fine unless
-/// `required`), then the environment variables with `env_prefix`, then
-/// `overrides`. Errors name the file and the key.
-pub fn load<T: DeserializeOwned>(
+/// The layers of a configuration, lowest first: the TOML file at `path`
+/// (which must exist: pass `None` for no file), the environment variables with
+/// `env_prefix`, then `overrides`. Nothing is read here: the file and the
+/// environment are read when the caller extracts the result.
+pub fn layers(
     path: Option<&Path>,
-    required: bool,
     env_prefix: &str,
     overrides: &[String],
-) -> Result<T, LoadError> {
-    let mut table = Table::new();
-    let mut source_name = "defaults".to_owned();
+) -> Result<Figment, OverrideError> {
+    let mut set = Table::new();
+    for assignment in overrides {
+        apply_override(&mut set, assignment)?;
+    }
+    let mut figment = Figment::new();
     if let Some(path) = path {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                table = text.parse::<Table>().map_err(|e| LoadError::Parse {
-                    source_name: path.display().to_string(),
-                    message: e.to_string().trim().to_owned(),
-                })?;
-                source_name = path.display().to_string();
-            }
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(LoadError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        }
+        figment = figment.merge(Toml::file_exact(path));
     }
-    let env = env_overrides(env_prefix, std::env::vars());
-    for assignment in env.iter().chain(overrides) {
-        apply_override(&mut table, assignment)?;
-    }
-    table
-        .try_into()
-        .map_err(|e: toml::de::Error| LoadError::Parse {
-            source_name,
-            message: e.to_string().trim().to_owned(),
-        })
+    Ok(figment
+        .merge(Env::prefixed(env_prefix).split("__"))
+        .merge(Serialized::defaults(set)))
 }
 
 /// Applies one `path=value` override to `table`.
@@ -123,24 +88,6 @@ fn parse_value(raw: &str) -> Value {
     }
 }
 
-/// Turns environment variables with `prefix` (e.g. `O1_RELAY__`) into
-/// overrides: `O1_RELAY__HTTP__LISTEN=x` → `http.listen=x`.
-pub fn env_overrides(
-    prefix: &str,
-    vars: impl IntoIterator<Item = (String, String)>,
-) -> Vec<String> {
-    let mut overrides: Vec<String> = vars
-        .into_iter()
-        .filter_map(|(name, value)| {
-            let rest = name.strip_prefix(prefix)?;
-            let path = rest.to_ascii_lowercase().replace("__", ".");
-            Some(format!("{path}={value}"))
-        })
-        .collect();
-    overrides.sort();
-    overrides
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,15 +124,48 @@ mod tests {
         ));
     }
 
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Example {
+        http: Http,
+        #[serde(default)]
+        tokens: Vec<String>,
+    }
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Http {
+        listen: String,
+        #[serde(default)]
+        max: u32,
+    }
+
     #[test]
-    fn environment_names_map_to_paths() {
-        let vars = [
-            ("O1_RELAY__HTTP__LISTEN".to_owned(), "0.0.0.0:1".to_owned()),
-            ("PATH".to_owned(), "/bin".to_owned()),
-        ];
-        assert_eq!(
-            env_overrides("O1_RELAY__", vars),
-            vec!["http.listen=0.0.0.0:1"]
-        );
+    fn the_file_then_the_environment_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("o1.toml", "[http]\nlisten = \"file\"\nmax = 1\n")?;
+            jail.set_env("O1_TEST__HTTP__MAX", "7");
+            jail.set_env("O1_OTHER__HTTP__MAX", "9");
+            let path = Path::new("o1.toml");
+            let config: Example = layers(Some(path), "O1_TEST__", &[]).unwrap().extract()?;
+            assert_eq!((config.http.listen.as_str(), config.http.max), ("file", 7));
+            let flags = ["http.listen=flag".to_owned(), "tokens=[\"a\"]".to_owned()];
+            let config: Example = layers(Some(path), "O1_TEST__", &flags).unwrap().extract()?;
+            assert_eq!(config.http.listen, "flag");
+            assert_eq!(config.tokens, vec!["a"]);
+            // No file; a missing file named; a wrong type names the key.
+            let config: Example = layers(None, "O1_TEST__", &flags).unwrap().extract()?;
+            assert_eq!(config.http.max, 7);
+            let absent = layers(Some(Path::new("absent.toml")), "O1_TEST__", &flags).unwrap();
+            let error = absent.extract::<Example>().unwrap_err();
+            assert!(error.to_string().contains("absent.toml"), "{error}");
+            jail.set_env("O1_TEST__HTTP__MAX", "many");
+            let error = layers(Some(path), "O1_TEST__", &[])
+                .unwrap()
+                .extract::<Example>()
+                .unwrap_err();
+            assert!(
+                error.to_string().to_lowercase().contains("http.max"),
+                "{error}"
+            );
+            Ok(())
+        });
     }
 }

@@ -253,7 +253,9 @@ impl Default for ShutdownConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
-    Load(#[from] o1_common::config::LoadError),
+    Override(#[from] o1_common::config::OverrideError),
+    #[error("{0}")]
+    Load(Box<figment::Error>),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -266,7 +268,11 @@ impl RelayConfig {
         required: bool,
         overrides: &[String],
     ) -> Result<Self, ConfigError> {
-        let config: RelayConfig = o1_common::config::load(path, required, "O1_RELAY__", overrides)?;
+        // An absent file that is not required is no layer at all.
+        let path = path.filter(|path| required || path.exists());
+        let config: RelayConfig = o1_common::config::layers(path, "O1_RELAY__", overrides)?
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }

@@ -9,11 +9,10 @@ use std::collections::{HashMap, VecDeque};
 use o1_common::Level;
 use o1_common::Timestamp;
 use o1_common::api::DeploymentStatus;
-use serde::Serialize;
+use o1_common::rest::DeploymentView;
 
 /// One deployment's state.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct Deployment {
     pub deployment_id: String,
     pub application: String,
@@ -23,13 +22,27 @@ pub struct Deployment {
     pub message: String,
     pub started_at: Timestamp,
     pub updated_at: Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Timestamp>,
-    #[serde(skip)]
     pub logs: VecDeque<DeploymentLog>,
     /// Bytes of the kept lines' messages (bounded by `max_log_bytes`).
-    #[serde(skip)]
     pub log_bytes: usize,
+}
+
+impl Deployment {
+    /// The REST view (everything but the kept lines).
+    pub fn view(&self) -> DeploymentView {
+        DeploymentView {
+            deployment_id: self.deployment_id.clone(),
+            application: self.application.clone(),
+            hosts: self.hosts.clone(),
+            status: self.status,
+            progress: self.progress,
+            message: self.message.clone(),
+            started_at: self.started_at,
+            updated_at: self.updated_at,
+            ended_at: self.ended_at,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -57,7 +70,7 @@ pub enum DeploymentError {
     NotFound,
     #[error("deployment `{0}` already exists")]
     AlreadyExists(String),
-    #[error("deployment id `{0}` is invalid: use 1-128 letters, digits, '-', '_' or '.'")]
+    #[error("deployment id `{0}` is invalid: {rule}", rule = o1_common::deployment::ID_RULE)]
     InvalidId(String),
     #[error("progress {0} is outside 0-100")]
     ProgressOutOfRange(i64),
@@ -126,13 +139,7 @@ pub struct Changed {
     pub ended: bool,
 }
 
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
+pub use o1_common::deployment::valid_id;
 
 impl Registry {
     pub fn new(limits: RegistryLimits) -> Self {
@@ -160,13 +167,7 @@ impl Registry {
     /// A new id of the form `deploy-YYYYMMDD-HHMMSS`, with `-2`, `-3`...
     /// when several are made in the same second.
     pub fn generate_id(&mut self, now: Timestamp) -> String {
-        let text = now.to_string(); // 2024-01-15T10:30:00Z or with millis
-        let digits: String = text.chars().filter(char::is_ascii_digit).take(14).collect();
-        let base = format!(
-            "deploy-{}-{}",
-            &digits[..8.min(digits.len())],
-            &digits[8.min(digits.len())..]
-        );
+        let base = o1_common::deployment::base_id(now);
         let mut n = match &self.last_generated {
             Some((last, n)) if *last == base => n + 1,
             _ => 1,
@@ -348,7 +349,7 @@ impl Registry {
     /// One page of the list, newest first: up to `limit` deployments after
     /// the one with id `before` (from the start when `None`), and whether
     /// more follow.
-    pub fn page(&self, before: Option<&str>, limit: usize) -> (Vec<Deployment>, bool) {
+    pub fn page(&self, before: Option<&str>, limit: usize) -> (Vec<DeploymentView>, bool) {
         let all = self.list();
         let start = match before {
             Some(id) => all
@@ -357,11 +358,11 @@ impl Registry {
                 .map_or(all.len(), |i| i + 1),
             None => 0,
         };
-        let page: Vec<Deployment> = all
+        let page: Vec<DeploymentView> = all
             .iter()
             .skip(start)
             .take(limit)
-            .map(|d| (*d).clone())
+            .map(|d| d.view())
             .collect();
         let more = start + page.len() < all.len();
         (page, more)
@@ -557,7 +558,7 @@ mod tests {
                 )
                 .unwrap();
         }
-        let ids = |page: &[Deployment]| {
+        let ids = |page: &[DeploymentView]| {
             page.iter()
                 .map(|d| d.deployment_id.clone())
                 .collect::<Vec<_>>()

@@ -5,38 +5,43 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use o1_common::Timestamp;
-use serde::Serialize;
+use o1_common::rest::{ApplicationView, HostView};
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct HostEntry {
     pub host: String,
     pub agent_id: String,
     pub agent_version: String,
     pub connected: bool,
     /// Connections of this host's agent open now (normally 0 or 1).
-    #[serde(skip)]
     pub open_connections: u32,
     pub last_seen: Timestamp,
     pub connected_since: Option<Timestamp>,
     /// By name (a map: looking one up is not a scan); served as a list
     /// sorted by name.
-    #[serde(serialize_with = "as_list")]
-    pub applications: BTreeMap<String, ApplicationEntry>,
+    pub applications: BTreeMap<String, Option<Timestamp>>,
 }
 
-fn as_list<S: serde::Serializer>(
-    applications: &BTreeMap<String, ApplicationEntry>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(applications.values())
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplicationEntry {
-    pub name: String,
-    pub last_seen: Option<Timestamp>,
+impl HostEntry {
+    /// The REST view of this host.
+    pub fn view(&self) -> HostView {
+        HostView {
+            host: self.host.clone(),
+            agent_id: self.agent_id.clone(),
+            agent_version: self.agent_version.clone(),
+            connected: self.connected,
+            last_seen: self.last_seen,
+            connected_since: self.connected_since,
+            applications: self
+                .applications
+                .iter()
+                .map(|(name, last_seen)| ApplicationView {
+                    name: name.clone(),
+                    last_seen: *last_seen,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -76,15 +81,7 @@ impl Inventory {
             entry.last_seen = now;
             entry.connected_since = Some(now);
             for name in applications.iter().map(String::as_str).chain(["system"]) {
-                if !entry.applications.contains_key(name) {
-                    entry.applications.insert(
-                        name.to_owned(),
-                        ApplicationEntry {
-                            name: name.to_owned(),
-                            last_seen: None,
-                        },
-                    );
-                }
+                entry.applications.entry(name.to_owned()).or_insert(None);
             }
         });
     }
@@ -120,18 +117,12 @@ impl Inventory {
             };
             entry.last_seen = now;
             for name in applications {
-                if let Some(app) = entry.applications.get_mut(name) {
-                    app.last_seen = Some(now);
+                if let Some(last_seen) = entry.applications.get_mut(name) {
+                    *last_seen = Some(now);
                 } else if entry.applications.len() < max_applications
                     && crate::uplink::valid_name(name, crate::uplink::MAX_NAME_BYTES)
                 {
-                    entry.applications.insert(
-                        name.to_owned(),
-                        ApplicationEntry {
-                            name: name.to_owned(),
-                            last_seen: Some(now),
-                        },
-                    );
+                    entry.applications.insert(name.to_owned(), Some(now));
                 } else {
                     refused.push(name.to_owned());
                 }
@@ -151,10 +142,10 @@ impl Inventory {
     }
 
     /// All hosts, sorted by name.
-    pub fn snapshot(&self) -> Vec<HostEntry> {
+    pub fn snapshot(&self) -> Vec<HostView> {
         self.with(|hosts| {
             let sorted: BTreeMap<&String, &HostEntry> = hosts.iter().collect();
-            sorted.into_values().cloned().collect()
+            sorted.into_values().map(HostEntry::view).collect()
         })
     }
 
@@ -184,7 +175,11 @@ mod tests {
         );
         assert_eq!(refused, vec!["z".to_owned(), "bad\nname".to_owned()]);
         let hosts = inventory.snapshot();
-        let names: Vec<&str> = hosts[0].applications.keys().map(String::as_str).collect();
+        let names: Vec<&str> = hosts[0]
+            .applications
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
         assert_eq!(names, ["nginx", "system", "x", "y"]);
         // Served as a list of {name, lastSeen}.
         let json = serde_json::to_value(&hosts[0]).unwrap();

@@ -17,7 +17,9 @@ use o1_common::api::{
     ProcessPerformance, ProcessorStats, ServerMessage, StatsResponse, format_megabytes,
     format_uptime,
 };
-use serde::Deserialize;
+use o1_common::rest::{
+    CreateDeployment, DeploymentEventRequest, DeploymentPage, HostsResponse, ListQuery,
+};
 
 use crate::AppState;
 use crate::deployments::{DeploymentError, Update};
@@ -288,7 +290,10 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
 
 /// `GET /api/hosts`.
 pub async fn hosts(State(state): State<AppState>) -> Response {
-    Json(serde_json::json!({ "hosts": state.inventory.snapshot() })).into_response()
+    Json(HostsResponse {
+        hosts: state.inventory.snapshot(),
+    })
+    .into_response()
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
@@ -345,16 +350,6 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response
     })
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateDeployment {
-    deployment_id: Option<String>,
-    application: String,
-    #[serde(default)]
-    hosts: Vec<String>,
-    message: Option<String>,
-}
-
 /// `POST /api/deployments`.
 pub async fn create_deployment(
     State(state): State<AppState>,
@@ -376,28 +371,9 @@ pub async fn create_deployment(
         Timestamp::now(),
     );
     match created {
-        Ok(deployment) => (StatusCode::CREATED, Json(deployment)).into_response(),
+        Ok(deployment) => (StatusCode::CREATED, Json(deployment.view())).into_response(),
         Err(e) => deployment_error(e),
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DeploymentEventRequest {
-    status: Option<DeploymentStatus>,
-    progress: Option<i64>,
-    message: Option<String>,
-    #[serde(default)]
-    logs: Vec<LogLineRequest>,
-    /// Host the log lines come from; default `ci`.
-    host: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogLineRequest {
-    level: Option<Level>,
-    message: String,
 }
 
 /// `POST /api/deployments/{id}/events`: log lines, then a state change.
@@ -433,7 +409,7 @@ pub async fn deployment_event(
     }
     if request.status.is_none() && request.progress.is_none() && request.message.is_none() {
         return match state.hub.lock_deployments().get(&id) {
-            Some(deployment) => Json(deployment.clone()).into_response(),
+            Some(deployment) => Json(deployment.view()).into_response(),
             None => deployment_error(DeploymentError::NotFound),
         };
     }
@@ -443,7 +419,7 @@ pub async fn deployment_event(
         message: request.message,
     };
     match state.hub.update_deployment(&id, update, now) {
-        Ok(deployment) => Json(deployment).into_response(),
+        Ok(deployment) => Json(deployment.view()).into_response(),
         Err(e) => deployment_error(e),
     }
 }
@@ -463,19 +439,9 @@ pub async fn cancel_deployment(
         message: Some("Deployment cancelled".into()),
     };
     match state.hub.update_deployment(&id, update, Timestamp::now()) {
-        Ok(deployment) => Json(deployment).into_response(),
+        Ok(deployment) => Json(deployment.view()).into_response(),
         Err(e) => deployment_error(e),
     }
-}
-
-/// Query of `GET /api/deployments`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Most deployments in the answer (default 100, at most 1000).
-    limit: Option<usize>,
-    /// The `deploymentId` the previous page ended with.
-    before: Option<String>,
 }
 
 /// Largest page of `GET /api/deployments`.
@@ -505,7 +471,10 @@ pub async fn list_deployments(
         let next = more
             .then(|| page.last().map(|d| d.deployment_id.clone()))
             .flatten();
-        serde_json::to_vec(&serde_json::json!({ "deployments": page, "next": next }))
+        serde_json::to_vec(&DeploymentPage {
+            deployments: page,
+            next,
+        })
     })
     .await;
     match built {
@@ -525,7 +494,7 @@ pub async fn list_deployments(
 /// `GET /api/deployments/{id}`.
 pub async fn get_deployment(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.hub.lock_deployments().get(&id) {
-        Some(deployment) => Json(deployment.clone()).into_response(),
+        Some(deployment) => Json(deployment.view()).into_response(),
         None => deployment_error(DeploymentError::NotFound),
     }
 }
