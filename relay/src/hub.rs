@@ -699,8 +699,8 @@ impl Hub {
             }
         }
         drop(index);
-        self.stats.items_ingested.add(items.len() as u64);
-        self.stats.processing_errors.add(errors);
+        self.stats.items_ingested.inc_by(items.len() as u64);
+        self.stats.processing_errors.inc_by(errors);
         errors
     }
 

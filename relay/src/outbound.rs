@@ -294,7 +294,7 @@ impl Outbound {
             None => state.dropped.push((subscription, count)),
         }
         drop(state);
-        self.stats.messages_dropped.add(count);
+        self.stats.messages_dropped.inc_by(count);
         self.notify.notify_one();
     }
 

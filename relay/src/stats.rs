@@ -5,48 +5,40 @@
 //! window: two histograms of [`LATENCY_WINDOW`] each, the older dropped at
 //! every rotation, so percentiles cover the last one to two windows.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{self, Histogram as Buckets};
+use prometheus_client::registry::Registry;
 
 /// Length of one latency histogram's window.
 pub const LATENCY_WINDOW: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+/// A gauge of a count (connections open now).
+pub type Gauge = prometheus_client::metrics::gauge::Gauge<u64, AtomicU64>;
 
-impl Counter {
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Relaxed);
-    }
-    pub fn inc(&self) {
-        self.add(1);
-    }
-    pub fn sub(&self, n: u64) {
-        self.0.fetch_sub(n, Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
-}
+/// A gauge of a measured quantity (CPU %, milliseconds).
+pub type FloatGauge = prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>;
 
-/// Every figure the relay reports. Field names say what is counted; the
-/// REST mapping is in `rest.rs`.
+/// Every figure the relay reports, each registered once in [`Stats::registry`]
+/// under its Prometheus name (counters get `_total` from the encoder).
+/// Field names say what is counted; the REST mapping is in `rest.rs`.
 #[derive(Debug)]
 pub struct Stats {
     pub started: Instant,
     /// WebSocket connections open now.
-    pub connections_current: Counter,
+    pub connections_current: Gauge,
     /// Most WebSocket connections open at once.
-    pub connections_peak: Counter,
+    pub connections_peak: Gauge,
     /// WebSocket connections accepted since start.
     pub connections_total: Counter,
     /// Connections refused by a connection limit.
     pub connections_refused: Counter,
     /// Open connections with at least one subscription.
-    pub connections_active: Counter,
+    pub connections_active: Gauge,
     /// Client messages received (text and binary frames).
     pub messages_received: Counter,
     /// Messages written to sockets.
@@ -72,7 +64,7 @@ pub struct Stats {
     /// Items agents reported dropping from a full spool.
     pub agent_dropped_items: Counter,
     /// Agents connected over QUIC now.
-    pub agents_connected: Counter,
+    pub agents_connected: Gauge,
     /// Uplink handshakes refused for bad credentials.
     pub uplink_auth_failures: Counter,
     /// Uplink connections that failed in TLS/QUIC handshakes (wrong ALPN,
@@ -81,8 +73,24 @@ pub struct Stats {
     /// Uplink connections closed for a protocol error (bad frame, magic,
     /// version, oversize).
     pub uplink_protocol_errors: Counter,
+    /// Ingest → socket latency, every delivery, in seconds (a Prometheus
+    /// histogram: rates and quantiles over any range in PromQL).
+    pub delivery_latency: Buckets,
+    /// Figures computed at scrape time (`Stats::refresh_gauges`).
+    scraped: ScrapedGauges,
+    registry: Registry,
     latency: Mutex<LatencyWindow>,
     process: Mutex<ProcessSampler>,
+}
+
+#[derive(Debug, Default)]
+struct ScrapedGauges {
+    latency_mean: FloatGauge,
+    latency_p95: FloatGauge,
+    latency_p99: FloatGauge,
+    cpu_percent: FloatGauge,
+    resident_bytes: Gauge,
+    uptime_seconds: FloatGauge,
 }
 
 impl Default for Stats {
@@ -91,44 +99,180 @@ impl Default for Stats {
     }
 }
 
+/// Registers a clone of `metric` (they share their value) and returns it.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Stats {
     pub fn new() -> Self {
-        Stats {
+        let mut r = Registry::default();
+        let r = &mut r;
+        fn counter(r: &mut Registry, name: &str, help: &str) -> Counter {
+            registered(r, name, help, Counter::default())
+        }
+        fn gauge(r: &mut Registry, name: &str, help: &str) -> Gauge {
+            registered(r, name, help, Gauge::default())
+        }
+        let mut stats = Stats {
             started: Instant::now(),
-            connections_current: Counter::default(),
-            connections_peak: Counter::default(),
-            connections_total: Counter::default(),
-            connections_refused: Counter::default(),
-            connections_active: Counter::default(),
-            messages_received: Counter::default(),
-            messages_sent: Counter::default(),
-            messages_dropped: Counter::default(),
-            invalid_messages: Counter::default(),
-            rate_limited: Counter::default(),
-            slow_readers_closed: Counter::default(),
-            http_refused: Counter::default(),
-            batches_ingested: Counter::default(),
-            items_ingested: Counter::default(),
-            duplicate_batches: Counter::default(),
-            processing_errors: Counter::default(),
-            agent_dropped_items: Counter::default(),
-            agents_connected: Counter::default(),
-            uplink_auth_failures: Counter::default(),
-            uplink_handshake_failures: Counter::default(),
-            uplink_protocol_errors: Counter::default(),
+            connections_current: gauge(
+                r,
+                "o1_websocket_connections_open",
+                "WebSocket connections open now.",
+            ),
+            connections_peak: gauge(
+                r,
+                "o1_websocket_connections_peak",
+                "Most WebSocket connections open at once.",
+            ),
+            connections_total: counter(
+                r,
+                "o1_websocket_connections",
+                "WebSocket connections accepted.",
+            ),
+            connections_refused: counter(
+                r,
+                "o1_websocket_connections_refused",
+                "Connections refused by a limit.",
+            ),
+            connections_active: gauge(
+                r,
+                "o1_websocket_connections_active",
+                "Connections with at least one subscription.",
+            ),
+            messages_received: counter(
+                r,
+                "o1_websocket_messages_received",
+                "Client messages received.",
+            ),
+            messages_sent: counter(
+                r,
+                "o1_websocket_messages_sent",
+                "Messages written to sockets.",
+            ),
+            messages_dropped: counter(
+                r,
+                "o1_websocket_messages_dropped",
+                "Messages dropped for slow readers.",
+            ),
+            invalid_messages: counter(
+                r,
+                "o1_websocket_invalid_messages",
+                "Client messages answered with invalid_message.",
+            ),
+            rate_limited: counter(
+                r,
+                "o1_websocket_rate_limited",
+                "Client messages answered with rate_limit_exceeded.",
+            ),
+            slow_readers_closed: counter(
+                r,
+                "o1_websocket_slow_readers_closed",
+                "Connections closed as stalled readers.",
+            ),
+            http_refused: counter(
+                r,
+                "o1_http_connections_refused",
+                "HTTP connections refused by http.max_connections.",
+            ),
+            batches_ingested: counter(r, "o1_ingest_batches", "Agent batches ingested."),
+            items_ingested: counter(r, "o1_ingest_items", "Items ingested."),
+            duplicate_batches: counter(
+                r,
+                "o1_ingest_duplicate_batches",
+                "Duplicate batches dropped.",
+            ),
+            processing_errors: counter(r, "o1_ingest_errors", "Items that could not be processed."),
+            agent_dropped_items: counter(
+                r,
+                "o1_agent_spool_dropped_items",
+                "Items agents dropped from full spools.",
+            ),
+            agents_connected: gauge(r, "o1_uplink_agents_connected", "Agents connected now."),
+            uplink_auth_failures: counter(
+                r,
+                "o1_uplink_auth_failures",
+                "Agents refused for bad credentials.",
+            ),
+            uplink_handshake_failures: counter(
+                r,
+                "o1_uplink_handshake_failures",
+                "QUIC/TLS handshakes that failed.",
+            ),
+            uplink_protocol_errors: counter(
+                r,
+                "o1_uplink_protocol_errors",
+                "Uplink connections closed for protocol errors.",
+            ),
+            delivery_latency: registered(
+                r,
+                "o1_delivery_latency_seconds",
+                "Ingest-to-socket latency of every delivered message.",
+                // 100 µs to ~3.3 s.
+                Buckets::new(histogram::exponential_buckets(0.0001, 2.0, 16)),
+            ),
+            scraped: ScrapedGauges::default(),
+            registry: Registry::default(),
             latency: Mutex::new(LatencyWindow::new()),
             process: Mutex::new(ProcessSampler::new()),
-        }
+        };
+        let g = &stats.scraped;
+        let window = "over the recent window (o1_delivery_latency_seconds has every delivery)";
+        registered(
+            r,
+            "o1_delivery_latency_mean_milliseconds",
+            format!("Ingest-to-socket latency, mean {window}.").as_str(),
+            g.latency_mean.clone(),
+        );
+        registered(
+            r,
+            "o1_delivery_latency_p95_milliseconds",
+            format!("Ingest-to-socket latency, p95 {window}.").as_str(),
+            g.latency_p95.clone(),
+        );
+        registered(
+            r,
+            "o1_delivery_latency_p99_milliseconds",
+            format!("Ingest-to-socket latency, p99 {window}.").as_str(),
+            g.latency_p99.clone(),
+        );
+        registered(
+            r,
+            "o1_process_cpu_percent",
+            "Relay CPU use, percent of all cores.",
+            g.cpu_percent.clone(),
+        );
+        registered(
+            r,
+            "o1_process_resident_memory_bytes",
+            "Relay resident memory.",
+            g.resident_bytes.clone(),
+        );
+        registered(
+            r,
+            "o1_process_uptime_seconds",
+            "Seconds since the relay started.",
+            g.uptime_seconds.clone(),
+        );
+        stats.registry = std::mem::take(r);
+        stats
     }
 
     pub fn connection_opened(&self) {
         self.connections_total.inc();
-        let now = self.connections_current.0.fetch_add(1, Relaxed) + 1;
-        self.connections_peak.0.fetch_max(now, Relaxed);
+        let now = self.connections_current.inc() + 1;
+        self.connections_peak.inner().fetch_max(now, Relaxed);
     }
 
     pub fn connection_closed(&self) {
-        self.connections_current.sub(1);
+        self.connections_current.dec();
     }
 
     /// Adds latencies (microseconds) measured by one writer.
@@ -136,29 +280,41 @@ impl Stats {
         if micros.is_empty() {
             return;
         }
-        if let Ok(mut window) = self.latency.lock() {
-            window.record(micros, Instant::now());
+        for &value in micros {
+            self.delivery_latency.observe(value as f64 / 1e6);
         }
+        self.latency.lock().record(micros, Instant::now());
     }
 
     /// (mean, p95, p99) in milliseconds over the recent window.
     pub fn latency_millis(&self) -> (f64, f64, f64) {
-        match self.latency.lock() {
-            Ok(mut window) => window.summary(Instant::now()),
-            Err(_) => (0.0, 0.0, 0.0),
-        }
+        self.latency.lock().summary(Instant::now())
     }
 
     /// (cpu % of all cores since the previous call, resident bytes).
     pub fn process_usage(&self) -> (f64, u64) {
-        match self.process.lock() {
-            Ok(mut sampler) => sampler.sample(),
-            Err(_) => (0.0, 0),
-        }
+        self.process.lock().sample()
     }
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The OpenMetrics text of every figure (`GET /metrics`).
+    pub fn encode_metrics(&self) -> String {
+        let (mean, p95, p99) = self.latency_millis();
+        let (cpu, memory) = self.process_usage();
+        let g = &self.scraped;
+        g.latency_mean.set(mean);
+        g.latency_p95.set(p95);
+        g.latency_p99.set(p99);
+        g.cpu_percent.set(cpu);
+        g.resident_bytes.set(memory);
+        g.uptime_seconds.set(self.uptime().as_secs_f64());
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
     }
 }
 
@@ -277,6 +433,33 @@ mod tests {
         // ...two windows later they are gone.
         let (mean, p95, p99) = window.summary(start + 3 * LATENCY_WINDOW);
         assert_eq!((mean, p95, p99), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn metrics_keep_their_names_and_types() {
+        let stats = Stats::new();
+        stats.messages_sent.inc_by(5);
+        stats.agents_connected.inc();
+        stats.record_latencies(&[250, 3_000]);
+        let text = stats.encode_metrics();
+        let table = [
+            "# TYPE o1_websocket_messages_sent counter",
+            "o1_websocket_messages_sent_total 5",
+            "# TYPE o1_uplink_agents_connected gauge",
+            "o1_uplink_agents_connected 1",
+            "# TYPE o1_delivery_latency_seconds histogram",
+            "o1_delivery_latency_seconds_count 2",
+            "o1_delivery_latency_seconds_bucket{le=\"0.0004\"} 1",
+            "# TYPE o1_delivery_latency_p99_milliseconds gauge",
+            "o1_process_uptime_seconds ",
+            "# EOF",
+        ];
+        for line in table {
+            assert!(
+                text.lines().any(|l| l.starts_with(line)),
+                "{line} in\n{text}"
+            );
+        }
     }
 
     #[test]

@@ -370,7 +370,7 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
         }
         Err(reason) => protocol_error(&state, &uplink, &connection, remote, &reason),
     }
-    state.stats.agents_connected.sub(1);
+    state.stats.agents_connected.dec();
     state.inventory.disconnected(&hello.host, Timestamp::now());
     tracing::info!(%remote, host = ?hello.host, "agent disconnected");
 }
@@ -508,12 +508,12 @@ async fn ingest(
                     batch.items.len() - admitted.len()
                 };
                 if refused_items > 0 {
-                    state.stats.processing_errors.add(refused_items as u64);
+                    state.stats.processing_errors.inc_by(refused_items as u64);
                     warn_limited!(uplink.log, "applications", host = ?hello.host, refused_items, "items of applications over the limit (or with invalid names) refused: at most 256 applications of 1-256 bytes per host");
                 }
                 state.stats.batches_ingested.inc();
                 if batch.dropped_items > 0 {
-                    state.stats.agent_dropped_items.add(batch.dropped_items);
+                    state.stats.agent_dropped_items.inc_by(batch.dropped_items);
                     tracing::warn!(host = ?hello.host, dropped = batch.dropped_items, "agent reports items dropped from a full spool");
                 }
             } else {

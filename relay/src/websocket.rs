@@ -420,7 +420,7 @@ async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, permit: Gat
         state.hub.unsubscribe(handle);
     }
     if !connection.subscriptions.is_empty() {
-        stats.connections_active.sub(1);
+        stats.connections_active.dec();
     }
     stats.connection_closed();
 }
@@ -468,7 +468,7 @@ async fn write_loop(
         }
         if let Some((code, reason)) = drained.close {
             let _ = sink.flush().await;
-            state.stats.messages_sent.add(sent);
+            state.stats.messages_sent.inc_by(sent);
             let _ = sink
                 .send(Message::Close(Some(CloseFrame {
                     code,
@@ -482,7 +482,7 @@ async fn write_loop(
             return;
         }
         outbound.written();
-        state.stats.messages_sent.add(sent);
+        state.stats.messages_sent.inc_by(sent);
         if !ingested.is_empty() {
             let now = Instant::now();
             latencies.extend(
@@ -755,7 +755,7 @@ fn handle_text(
                     state.hub.unsubscribe(&handle);
                     connection.permit.remove_subscription();
                     if connection.subscriptions.is_empty() {
-                        state.stats.connections_active.sub(1);
+                        state.stats.connections_active.dec();
                     }
                     outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Unsubscribed(
                         SubscriptionAck {

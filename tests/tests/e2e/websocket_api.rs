@@ -577,11 +577,11 @@ async fn stats_report_exactly_what_happened() {
         .await
         .unwrap();
     assert!(
-        prometheus.contains("o1_websocket_connections 2\n"),
+        prometheus.contains("o1_websocket_connections_open 2\n"),
         "{prometheus}"
     );
     assert!(prometheus.contains("o1_websocket_messages_sent_total 7\n"));
-    assert!(prometheus.contains("# TYPE o1_ingest_items_total counter"));
+    assert!(prometheus.contains("# TYPE o1_ingest_items counter"));
 
     // Unknown REST paths get a JSON error, not a crash.
     let response = reqwest::get(relay.url("/api/nope")).await.unwrap();
