@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use o1_common::Timestamp;
 use o1_common::api::DeploymentStatus;
-use o1_common::wire::{self, AgentMessage, Batch, DeploymentEvent, Item, LogRecord};
+use o1_common::wire::{self, DeploymentEvent, Item, LogRecord};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::level::detect_level;
 use crate::uplink::{self, UplinkSettings};
@@ -207,18 +208,20 @@ pub async fn run(
 
 /// SIGTERM to the step's process group, SIGKILL after 5 s.
 async fn stop_child(child: &mut tokio::process::Child) {
-    let Some(pid) = child.id() else { return };
-    let group = format!("-{pid}");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", "--", &group])
-        .status();
+    use rustix::process::{Pid, Signal, kill_process_group};
+    let Some(group) = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .and_then(Pid::from_raw)
+    else {
+        return;
+    };
+    let _ = kill_process_group(group, Signal::TERM);
     if tokio::time::timeout(Duration::from_secs(5), child.wait())
         .await
         .is_err()
     {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &group])
-            .status();
+        let _ = kill_process_group(group, Signal::KILL);
         let _ = child.start_kill();
     }
 }
@@ -236,7 +239,7 @@ async fn ship(settings: UplinkSettings, mut receiver: mpsc::Receiver<Item>) -> b
     let mut unacked: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut next_sequence = 1u64;
     let mut open = true;
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let mut session = match uplink::connect(&endpoint, &settings).await {
             Ok(session) => session,
@@ -245,8 +248,7 @@ async fn ship(settings: UplinkSettings, mut receiver: mpsc::Receiver<Item>) -> b
                 if matches!(error, uplink::UplinkError::Refused(_)) {
                     return false;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.wait()).await;
                 // Keep reading output meanwhile, so the command never blocks.
                 while let Ok(item) = receiver.try_recv() {
                     push_batch(
@@ -259,7 +261,7 @@ async fn ship(settings: UplinkSettings, mut receiver: mpsc::Receiver<Item>) -> b
                 continue;
             }
         };
-        delay = Duration::from_millis(200);
+        backoff.reset();
         let mut sent_upto = 0u64;
         let result: Result<(), uplink::UplinkError> = async {
             loop {
@@ -314,13 +316,7 @@ fn push_batch(
     max_frame: usize,
 ) {
     let sequence = *next_sequence;
-    let mut frame = Vec::new();
-    let batch = AgentMessage::Batch(Batch {
-        sequence,
-        items,
-        dropped_items: 0,
-    });
-    if wire::encode_frame(&batch, &mut frame, max_frame).is_ok() {
+    if let Ok(frame) = wire::encode_batch(sequence, items, 0, max_frame) {
         unacked.push((sequence, frame));
         *next_sequence += 1;
     }

@@ -22,12 +22,13 @@
 //! - If the host has no journal (no journalctl, no journal directory) the
 //!   agent says so once per application and retries quietly.
 
+use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use o1_common::Level;
@@ -35,6 +36,7 @@ use o1_common::wire::{Item, LogRecord};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::backoff::Backoff;
 use crate::config::{JournalConfig, StartAt, parse_priority};
 use crate::pipeline::Event;
 use crate::tail::cut_message;
@@ -249,7 +251,7 @@ pub struct StopHandle {
 impl StopHandle {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let mut child = self.child.lock();
         if let Some(child) = child.as_mut() {
             let _ = child.kill();
         }
@@ -274,7 +276,7 @@ pub struct JournalReader {
 
 impl JournalReader {
     pub fn run(mut self) {
-        let mut delay = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, LONGEST_BACKOFF);
         let mut said = String::new();
         let app = self.source.application.clone();
         while !self.handle.stopped() {
@@ -283,7 +285,7 @@ impl JournalReader {
                     tracing::warn!(application = %app, reason = %why, "journald is not available; this application's journal is not read (retrying quietly)");
                     said = why;
                 }
-                self.sleep(&mut delay);
+                self.sleep(backoff.wait());
                 continue;
             }
             let started = Instant::now();
@@ -310,18 +312,17 @@ impl JournalReader {
                 }
             }
             if started.elapsed() > LONGEST_BACKOFF {
-                delay = FIRST_BACKOFF;
+                backoff.reset();
             }
-            self.sleep(&mut delay);
+            self.sleep(backoff.wait());
         }
     }
 
-    fn sleep(&self, delay: &mut Duration) {
-        let until = Instant::now() + *delay;
+    fn sleep(&self, delay: Duration) {
+        let until = Instant::now() + delay;
         while !self.handle.stopped() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(50).min(*delay));
+            std::thread::sleep(Duration::from_millis(50).min(delay));
         }
-        *delay = (*delay * 2).min(LONGEST_BACKOFF);
     }
 
     /// Runs one journalctl to its end.
@@ -335,7 +336,7 @@ impl JournalReader {
             .spawn()?;
         let stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
-        *self.handle.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        *self.handle.child.lock() = Some(child);
         if self.handle.stopped() {
             self.end_child();
             return Ok(Exit::Stopped);
@@ -361,12 +362,7 @@ impl JournalReader {
     }
 
     fn end_child(&self) {
-        let child = self
-            .handle
-            .child
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let child = self.handle.child.lock().take();
         if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();

@@ -9,6 +9,7 @@
 //! - [`spool`]: the crash-safe on-disk spool; [`checkpoint`]: file positions.
 //! - [`uplink`]: the QUIC client; [`deploy`]: `o1-agent deploy`.
 
+pub mod backoff;
 pub mod checkpoint;
 pub mod config;
 pub mod deploy;
@@ -20,9 +21,10 @@ pub mod spool;
 pub mod tail;
 pub mod uplink;
 
+use parking_lot::Mutex;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;

@@ -128,18 +128,15 @@ fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
     Some((utime + stime, rss))
 }
 
-#[allow(unsafe_code)]
 fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions and only reads a constant.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 { size as u64 } else { 4096 }
+    rustix::param::page_size() as u64
 }
 
-#[allow(unsafe_code)]
 fn ticks_per_second() -> f64 {
-    // SAFETY: as above.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100.0,
+        ticks => ticks as f64,
+    }
 }
 
 /// PIDs in a systemd unit's cgroup (cgroup v2, then v1's systemd hierarchy).

@@ -9,17 +9,18 @@
 //! are never dropped here; the files themselves are the buffer); metric
 //! samples are dropped and counted instead (the next sample replaces them).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use o1_common::wire::Item;
-use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::checkpoint::{self, Checkpoint, FileKey, FileOffset, Positions};
 use crate::config::BatchConfig;
 use crate::spool::Spool;
@@ -78,7 +79,7 @@ pub struct AgentStats {
 }
 
 pub fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
-    spool.lock().unwrap_or_else(|p| p.into_inner())
+    spool.lock()
 }
 
 /// What the batcher holds for the batch it is filling.
@@ -297,7 +298,7 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
             return;
         }
     };
-    let mut delay = backoff.0;
+    let mut backoff = Backoff::new(backoff.0, backoff.1);
     let mut last_error = String::new();
     while !shutdown.is_cancelled() {
         let session = tokio::select! {
@@ -308,7 +309,7 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
             Ok(session) => {
                 tracing::info!(relay = %settings.address, "connected to the relay");
                 last_error.clear();
-                delay = backoff.0;
+                backoff.reset();
                 stats.connected.store(1, Ordering::Relaxed);
                 let end = ship(
                     session,
@@ -334,22 +335,20 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
                             tracing::error!(%error, "cannot deliver to the relay")
                         }
                         _ => {
-                            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "relay unreachable; spooling")
+                            tracing::warn!(%error, retry_in_ms = backoff.current().as_millis() as u64, "relay unreachable; spooling")
                         }
                     }
                     last_error = text;
                 }
                 if matches!(error, UplinkError::Refused(_)) {
-                    delay = backoff.1;
+                    backoff.to_longest();
                 }
             }
         }
-        let jittered = rand::rng().random_range(delay / 2..=delay);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(jittered) => {}
+            _ = tokio::time::sleep(backoff.wait()) => {}
         }
-        delay = (delay * 2).min(backoff.1);
     }
     endpoint.close(0u32.into(), b"agent stopping");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -409,7 +408,7 @@ async fn ship(
                 let sequence = ack?;
                 let positions = lock(spool).ack(sequence);
                 stats.batches_acked.fetch_add(1, Ordering::Relaxed);
-                let mut state = acked.lock().unwrap_or_else(|p| p.into_inner());
+                let mut state = acked.lock();
                 state.checkpoint.acked_sequence = state.checkpoint.acked_sequence.max(sequence);
                 state.dirty = true;
                 if !positions.is_empty() {
@@ -465,7 +464,7 @@ pub fn write_checkpoint(
     force: bool,
 ) {
     let snapshot = {
-        let mut state = acked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = acked.lock();
         let due = state.offsets_dirty
             || (state.dirty && (force || state.written_at.elapsed() >= LAZY_CHECKPOINT));
         if !due {
@@ -484,7 +483,7 @@ pub fn write_checkpoint(
         }
         Err(error) => {
             tracing::error!(%error, path = %path.display(), "cannot write the checkpoint");
-            let mut state = acked.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = acked.lock();
             state.dirty = true;
             state.offsets_dirty = true;
         }

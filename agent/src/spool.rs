@@ -30,7 +30,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use o1_common::wire::{self, AgentMessage, Batch, Item};
+use o1_common::wire::{self, Item};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, FileKey, FileOffset, Positions};
@@ -337,13 +337,8 @@ impl Spool {
     ) -> io::Result<u64> {
         let sequence = self.next_sequence;
         let item_count = items.len() as u32;
-        let mut frame = Vec::new();
-        let batch = AgentMessage::Batch(Batch {
-            sequence,
-            items,
-            dropped_items,
-        });
-        wire::encode_frame(&batch, &mut frame, self.limits.max_frame).map_err(io::Error::other)?;
+        let frame = wire::encode_batch(sequence, items, dropped_items, self.limits.max_frame)
+            .map_err(io::Error::other)?;
         let header = RecordHeader {
             sequence,
             items: item_count,
@@ -578,6 +573,7 @@ fn parse_record(bytes: &[u8]) -> Option<(RecordHeader, usize, u32, usize)> {
 mod tests {
     use super::*;
     use o1_common::Level;
+    use o1_common::wire::{AgentMessage, Batch};
     use o1_common::wire::{Decoded, LogRecord, decode_frame};
 
     fn limits(max_bytes: u64, segment_bytes: u64) -> SpoolLimits {
@@ -643,13 +639,7 @@ mod tests {
             "/var/log/app.log".to_owned(),
         )];
         let header = postcard::to_allocvec(&(1u64, 1u32, 0u64, v1_offsets)).unwrap();
-        let mut frame = Vec::new();
-        let batch = AgentMessage::Batch(Batch {
-            sequence: 1,
-            items: vec![line(0)],
-            dropped_items: 0,
-        });
-        wire::encode_frame(&batch, &mut frame, wire::DEFAULT_MAX_FRAME).unwrap();
+        let frame = wire::encode_batch(1, vec![line(0)], 0, wire::DEFAULT_MAX_FRAME).unwrap();
         let mut body = (header.len() as u32).to_le_bytes().to_vec();
         body.extend_from_slice(&header);
         body.extend_from_slice(&frame);

@@ -138,6 +138,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own signature
     fn the_file_then_the_environment_then_flags() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("o1.toml", "[http]\nlisten = \"file\"\nmax = 1\n")?;

@@ -259,6 +259,24 @@ pub fn encode_frame<T: Serialize>(
     Ok(())
 }
 
+/// One frame holding the batch `sequence` of `items`: what an agent (the
+/// spool, `o1-agent deploy`, the load generator) sends.
+pub fn encode_batch(
+    sequence: u64,
+    items: Vec<Item>,
+    dropped_items: u64,
+    max_frame: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut frame = Vec::new();
+    let batch = AgentMessage::Batch(Batch {
+        sequence,
+        items,
+        dropped_items,
+    });
+    encode_frame(&batch, &mut frame, max_frame)?;
+    Ok(frame)
+}
+
 /// Accumulates bytes from a stream and yields whole frames: the buffering
 /// half of the sans-IO codec.
 #[derive(Debug)]

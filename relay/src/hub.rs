@@ -16,9 +16,10 @@
 //! item exactly once, history then live, and ingest never waits for a
 //! replay to be walked.
 
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -105,7 +106,7 @@ type Held = (Vec<(u64, Outgoing)>, u64);
 impl LogSubscription {
     fn deliver(&self, sequence: u64, message: Outgoing) {
         if let Some(gate) = &self.gate {
-            let mut held = gate.held.lock().unwrap_or_else(|p| p.into_inner());
+            let mut held = gate.held.lock();
             if let Some((lines, dropped)) = held.as_mut() {
                 if lines.len() < GATE_LINES {
                     lines.push((sequence, message));
@@ -363,27 +364,22 @@ impl Hub {
     }
 
     fn read_index(&self) -> RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
+        self.index.read()
     }
     fn write_index(&self) -> RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+        self.index.write()
     }
     fn lock_history(&self) -> MutexGuard<'_, History> {
-        self.history.lock().unwrap_or_else(|p| p.into_inner())
+        self.history.lock()
     }
     pub fn lock_deployments(&self) -> MutexGuard<'_, Registry> {
-        self.deployments.lock().unwrap_or_else(|p| p.into_inner())
+        self.deployments.lock()
     }
 
     /// The shared copy of `name`.
     fn intern(&self, name: Option<Arc<str>>) -> Option<Arc<str>> {
         let name = name?;
-        Some(
-            self.names
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .intern(name),
-        )
+        Some(self.names.lock().intern(name))
     }
 
     fn new_subscription_id(&self) -> u64 {
@@ -464,7 +460,7 @@ impl Hub {
             }
             // Queued under the gate's lock: a live line routed meanwhile
             // waits, so it can never overtake the ones held back.
-            let mut held = gate.held.lock().unwrap_or_else(|p| p.into_inner());
+            let mut held = gate.held.lock();
             if let Some((lines, dropped)) = held.take() {
                 // Lines before the cut were replayed from history already.
                 for (_, line) in lines.into_iter().filter(|(sequence, _)| *sequence >= cut) {

@@ -1,8 +1,8 @@
 //! The inventory of hosts: which agents are connected, what they run, when
 //! they were last heard from. Served at `GET /api/hosts`.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 
 use o1_common::Timestamp;
 use o1_common::rest::{ApplicationView, HostView};
@@ -51,7 +51,7 @@ pub struct Inventory {
 
 impl Inventory {
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, HostEntry>) -> R) -> R {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hosts = self.hosts.lock();
         f(&mut hosts)
     }
 

@@ -20,8 +20,9 @@
 //!   connection closes it with code [`CLOSE_SLOW_READER`], whatever the
 //!   client sends meanwhile.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -233,9 +234,7 @@ impl Outbound {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves plain data behind; keep going.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock()
     }
 
     /// A reply or a message that must not be dropped (deployment, status).
@@ -406,7 +405,7 @@ impl Outbound {
 
 impl Drop for Outbound {
     fn drop(&mut self) {
-        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let state = self.state.get_mut();
         let charged = std::mem::take(&mut state.charged);
         if let Some(address) = &self.address {
             address.sub(charged);

@@ -13,10 +13,11 @@
 //! decode) close only that connection, with a reason; each kind is counted
 //! in the stats and logged at most once a minute.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use o1_common::Timestamp;
@@ -118,7 +119,7 @@ pub struct LogLimiter {
 impl LogLimiter {
     /// Returns `Some(suppressed)` when this occurrence should be logged.
     pub fn should_log(&self, kind: &'static str) -> Option<u64> {
-        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kinds = self.kinds.lock();
         let now = Instant::now();
         match kinds.get_mut(kind) {
             Some((last, suppressed)) if now.duration_since(*last) < Duration::from_secs(60) => {
@@ -450,7 +451,7 @@ async fn ingest(
             };
             let ingested_at = Instant::now();
             let is_new = {
-                let mut marks = uplink.high_water.lock().unwrap_or_else(|p| p.into_inner());
+                let mut marks = uplink.high_water.lock();
                 // Bounded: beyond HIGH_WATER_AGENTS ids (each `o1-agent
                 // deploy` run has its own), ids idle for an hour are forgotten.
                 if marks.len() >= HIGH_WATER_AGENTS && !marks.contains_key(&hello.agent_id) {

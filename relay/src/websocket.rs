@@ -9,11 +9,12 @@
 //! server pings that drop dead peers, and the bounded outbound queue of
 //! [`crate::outbound`] (stalled readers close with 4008).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -193,7 +194,7 @@ impl ConnectionGate {
 
     fn try_acquire(self: &Arc<Self>, address: IpAddr) -> Result<GatePermit, String> {
         let address = client_key(address);
-        let mut per_address = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_address = self.per_address.lock();
         if self.total.load(Ordering::Relaxed) >= self.max_total {
             return Err(format!(
                 "Too many connections: the relay's limit of {} is reached",
@@ -223,11 +224,7 @@ impl GatePermit {
     /// Takes one subscription from the address's budget; `false` when it
     /// is spent.
     fn add_subscription(&mut self) -> bool {
-        let mut per_address = self
-            .gate
-            .per_address
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut per_address = self.gate.per_address.lock();
         let held = per_address
             .entry(self.address)
             .or_insert_with(|| self.gate.held());
@@ -241,11 +238,7 @@ impl GatePermit {
 
     /// Gives one subscription back.
     fn remove_subscription(&mut self) {
-        let mut per_address = self
-            .gate
-            .per_address
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut per_address = self.gate.per_address.lock();
         if let Some(held) = per_address.get_mut(&self.address) {
             held.subscriptions = held.subscriptions.saturating_sub(1);
         }
@@ -255,11 +248,7 @@ impl GatePermit {
 
 impl Drop for GatePermit {
     fn drop(&mut self) {
-        let mut per_address = self
-            .gate
-            .per_address
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut per_address = self.gate.per_address.lock();
         if let Some(held) = per_address.get_mut(&self.address) {
             held.connections = held.connections.saturating_sub(1);
             held.subscriptions = held.subscriptions.saturating_sub(self.subscriptions);

@@ -26,7 +26,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use o1_common::Level;
-use o1_common::wire::{self, AgentMessage, Batch, Item, LogRecord};
+use o1_common::wire::{self, Item, LogRecord};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Debug, Parser)]
@@ -363,8 +363,7 @@ async fn replay_stall(
     let endpoint = o1_agent::uplink::endpoint(&settings)?;
     let mut session = o1_agent::uplink::connect(&endpoint, &settings).await?;
     let mut sequence = 0u64;
-    let mut frame = Vec::new();
-    let batch = |sequence: u64, application: String, n: usize, frame: &mut Vec<u8>| {
+    let batch = |sequence: u64, application: String, n: usize| {
         let items = (0..n)
             .map(|i| {
                 Item::Log(LogRecord {
@@ -376,20 +375,11 @@ async fn replay_stall(
                 })
             })
             .collect();
-        frame.clear();
-        wire::encode_frame(
-            &AgentMessage::Batch(Batch {
-                sequence,
-                items,
-                dropped_items: 0,
-            }),
-            frame,
-            wire::DEFAULT_MAX_FRAME,
-        )
+        wire::encode_batch(sequence, items, 0, wire::DEFAULT_MAX_FRAME)
     };
     for source in 0..sources {
         sequence += 1;
-        batch(sequence, format!("app-{source}"), lines, &mut frame)?;
+        let frame = batch(sequence, format!("app-{source}"), lines)?;
         session.send_frame(&frame).await?;
         session.next_ack().await?;
     }
@@ -418,7 +408,7 @@ async fn replay_stall(
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
         sequence += 1;
-        batch(sequence, "app-0".into(), 1, &mut frame)?;
+        let frame = batch(sequence, "app-0".into(), 1)?;
         let sent = Instant::now();
         session.send_frame(&frame).await?;
         session.next_ack().await?;
@@ -617,16 +607,7 @@ async fn fanout(
                     })
                     .collect();
                 sequence += 1;
-                let mut frame = Vec::new();
-                wire::encode_frame(
-                    &AgentMessage::Batch(Batch {
-                        sequence,
-                        items,
-                        dropped_items: 0,
-                    }),
-                    &mut frame,
-                    wire::DEFAULT_MAX_FRAME,
-                )?;
+                let frame = wire::encode_batch(sequence, items, 0, wire::DEFAULT_MAX_FRAME)?;
                 session.send_frame(&frame).await?;
                 session.next_ack().await?;
                 sent += n;
@@ -722,16 +703,7 @@ async fn ingest(
                     })
                     .collect();
                 sequence += 1;
-                let mut frame = Vec::new();
-                wire::encode_frame(
-                    &AgentMessage::Batch(Batch {
-                        sequence,
-                        items,
-                        dropped_items: 0,
-                    }),
-                    &mut frame,
-                    wire::DEFAULT_MAX_FRAME,
-                )?;
+                let frame = wire::encode_batch(sequence, items, 0, wire::DEFAULT_MAX_FRAME)?;
                 session.send_frame(&frame).await?;
                 sent += n;
                 in_flight += 1;

@@ -178,7 +178,7 @@ impl Relay {
 
     /// SIGTERM; returns the exit status once the process ended.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        signal(self.child.id(), "TERM");
+        signal(self.child.id(), rustix::process::Signal::TERM);
         wait_child(&mut self.child, timeout)
     }
 
@@ -255,7 +255,7 @@ impl Agent {
     }
 
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        signal(self.child.id(), "TERM");
+        signal(self.child.id(), rustix::process::Signal::TERM);
         wait_child(&mut self.child, timeout)
     }
 
@@ -307,11 +307,14 @@ pub fn merge_toml(base: &str, extra: &str) -> Result<String> {
     Ok(toml::to_string(&table)?)
 }
 
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status();
+/// Sends `signal` to the process `pid` (a child of the test).
+pub fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
 }
 
 fn wait_child(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
@@ -596,13 +599,8 @@ impl SimAgent {
         sequence: u64,
         items: Vec<o1_common::wire::Item>,
     ) -> Result<()> {
-        let mut frame = Vec::new();
-        let batch = o1_common::wire::AgentMessage::Batch(o1_common::wire::Batch {
-            sequence,
-            items,
-            dropped_items: 0,
-        });
-        o1_common::wire::encode_frame(&batch, &mut frame, o1_common::wire::DEFAULT_MAX_FRAME)?;
+        let frame =
+            o1_common::wire::encode_batch(sequence, items, 0, o1_common::wire::DEFAULT_MAX_FRAME)?;
         self.session.send_frame(&frame).await?;
         let acked =
             tokio::time::timeout(Duration::from_secs(10), self.session.next_ack()).await??;

@@ -265,10 +265,7 @@ async fn sigterm_cancels_the_step_and_reports_cancelled() {
     );
     // Wait until it runs.
     client.recv_until(T, |m| m["progress"] == 5).await.unwrap();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    o1_tests::signal(child.id(), rustix::process::Signal::TERM);
     let mut dashboard = Dashboard::default();
     dashboard.follow(&mut client).await;
     assert_eq!(

@@ -89,10 +89,7 @@ async fn the_demo_serves_health_hosts_metrics_and_log_lines_then_stops_on_ctrl_c
         .unwrap();
     assert_eq!(seen.last().unwrap()["level"], "ERROR");
 
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    o1_tests::signal(child.id(), rustix::process::Signal::INT);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
