@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::deployments::RegistryLimits;
 use crate::hub::HistoryLimits;
-use crate::outbound::OutboundLimits;
+use crate::hub::outbound::OutboundLimits;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]

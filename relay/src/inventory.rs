@@ -120,7 +120,7 @@ impl Inventory {
                 if let Some(last_seen) = entry.applications.get_mut(name) {
                     *last_seen = Some(now);
                 } else if entry.applications.len() < max_applications
-                    && crate::uplink::valid_name(name, crate::uplink::MAX_NAME_BYTES)
+                    && crate::ingest::valid_name(name, crate::ingest::MAX_NAME_BYTES)
                 {
                     entry.applications.insert(name.to_owned(), Some(now));
                 } else {

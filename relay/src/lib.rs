@@ -1,28 +1,29 @@
 //! o1-relay: ingests agent batches over QUIC and serves the WebSocket API,
 //! subscriptions, rate limiting and REST statistics.
 //!
-//! - [`config`]: the TOML configuration and its validation.
-//! - [`hub`]: routing of ingested items to subscriptions, recent history.
-//! - [`outbound`]: the bounded per-connection queue and its policies.
-//! - [`websocket`]: the WebSocket API, one task per connection.
-//! - [`rest`]: statistics, Prometheus metrics, inventory, deployments.
-//! - [`uplink`]: the QUIC endpoint agents push to.
-//! - [`deployments`], [`inventory`]: deployment registry, host inventory.
-//! - [`auth`], [`certs`]: tokens, and the first-deployment certificates.
-//! - [`stats`]: counters and latency histograms.
+//! The folders follow the data: agents → [`ingest`] → [`hub`] → [`api`].
+//!
+//! - [`ingest`]: the QUIC endpoint agents push to; its protocol logic is
+//!   the sans-IO [`ingest::session`].
+//! - [`hub`]: routing of ingested items to subscriptions, recent history;
+//!   [`hub::outbound`] is the bounded per-connection queue.
+//! - [`api`]: the HTTP server, the WebSocket API (one task per connection,
+//!   the sans-IO [`api::session`]) and REST.
+//! - [`deployments`], [`inventory`]: deployment registry, host inventory
+//!   (pure state; REST serves their views from `o1_common::rest`).
+//! - [`telemetry`]: counters, gauges and latency histograms, `/metrics`.
+//! - [`config`], [`auth`], [`certs`]: configuration, tokens, and the
+//!   first-deployment certificates.
 
+pub mod api;
 pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod deployments;
-pub mod http_server;
 pub mod hub;
+pub mod ingest;
 pub mod inventory;
-pub mod outbound;
-pub mod rest;
-pub mod stats;
-pub mod uplink;
-pub mod websocket;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,12 +34,12 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::websocket::ConnectionGate;
 use crate::auth::TokenVerifier;
 use crate::config::RelayConfig;
 use crate::hub::Hub;
 use crate::inventory::Inventory;
-use crate::stats::Stats;
-use crate::websocket::ConnectionGate;
+use crate::telemetry::Stats;
 
 /// Everything a request handler or connection task needs.
 #[derive(Debug, Clone)]
@@ -52,7 +53,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     /// Refusals and similar warnings: each kind at most once a minute.
-    pub log_limiter: Arc<uplink::LogLimiter>,
+    pub log_limiter: Arc<ingest::LogLimiter>,
 }
 
 impl AppState {
@@ -71,7 +72,7 @@ impl AppState {
                 config.websocket.queue_bytes_per_address,
             )),
             tokens: Arc::new(TokenVerifier::new(&config.auth.token_sha256)),
-            log_limiter: Arc::new(uplink::LogLimiter::default()),
+            log_limiter: Arc::new(ingest::LogLimiter::default()),
             config: Arc::new(config),
             hub,
             stats,
@@ -84,23 +85,26 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/websocket", get(websocket::upgrade))
-        .route("/api/websocket/stats", get(rest::stats))
-        .route("/api/websocket/metrics", get(rest::metrics))
-        .route("/api/websocket/health", get(rest::health))
-        .route("/metrics", get(rest::prometheus))
-        .route("/api/hosts", get(rest::hosts))
+        .route("/api/websocket", get(api::websocket::upgrade))
+        .route("/api/websocket/stats", get(api::rest::stats))
+        .route("/api/websocket/metrics", get(api::rest::metrics))
+        .route("/api/websocket/health", get(api::rest::health))
+        .route("/metrics", get(api::rest::prometheus))
+        .route("/api/hosts", get(api::rest::hosts))
         .route(
             "/api/deployments",
-            get(rest::list_deployments).post(rest::create_deployment),
+            get(api::rest::list_deployments).post(api::rest::create_deployment),
         )
-        .route("/api/deployments/{id}", get(rest::get_deployment))
-        .route("/api/deployments/{id}/events", post(rest::deployment_event))
+        .route("/api/deployments/{id}", get(api::rest::get_deployment))
+        .route(
+            "/api/deployments/{id}/events",
+            post(api::rest::deployment_event),
+        )
         .route(
             "/api/deployments/{id}/cancel",
-            post(rest::cancel_deployment),
+            post(api::rest::cancel_deployment),
         )
-        .fallback(rest::not_found)
+        .fallback(api::rest::not_found)
         .with_state(state)
 }
 
@@ -128,7 +132,7 @@ pub async fn bind(config: &RelayConfig, with_uplink: bool) -> anyhow::Result<Lis
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
     let uplink = if with_uplink {
-        let server = uplink::server_config(
+        let server = ingest::server_config(
             &config.uplink.cert,
             &config.uplink.key,
             Duration::from_secs(config.uplink.idle_timeout_secs),
@@ -185,13 +189,13 @@ pub async fn run(state: AppState, listeners: Listeners) -> anyhow::Result<()> {
         });
     }
     if let Some(endpoint) = listeners.uplink {
-        tracker.spawn(uplink::serve(endpoint, state.clone(), shutdown.clone()));
+        tracker.spawn(ingest::serve(endpoint, state.clone(), shutdown.clone()));
     }
-    let limits = http_server::HttpLimits {
+    let limits = api::http_server::HttpLimits {
         max_connections: state.config.http.max_connections,
         header_timeout: Duration::from_secs(state.config.http.header_timeout_secs),
     };
-    let server = tokio::spawn(http_server::serve(
+    let server = tokio::spawn(api::http_server::serve(
         listeners.http,
         router(state.clone()),
         limits,

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 /// The listener's limits.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +40,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let log = crate::uplink::LogLimiter::default();
+    let log = crate::ingest::LogLimiter::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -7,7 +7,7 @@
 //! `rate_limit_exceeded`; persistent abuse closes with 1008), a maximum
 //! message size (close 1009), a subscription limit (`subscription_failed`),
 //! server pings that drop dead peers, and the bounded outbound queue of
-//! [`crate::outbound`] (stalled readers close with 4008).
+//! [`crate::hub::outbound`] (stalled readers close with 4008).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -32,7 +32,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::hub::SubscriptionHandle;
-use crate::outbound::{CLOSE_SLOW_READER, Outbound, Outgoing, subscription_name};
+use crate::hub::outbound::{CLOSE_SLOW_READER, Outbound, Outgoing, subscription_name};
 
 /// Close codes used by the relay (RFC 6455 and private use).
 pub mod close_code {
@@ -44,7 +44,7 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// A connection limit is reached; try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub use crate::outbound::CLOSE_SLOW_READER as SLOW_READER;
+    pub use crate::hub::outbound::CLOSE_SLOW_READER as SLOW_READER;
 }
 
 /// Longest host or application name a subscription may name.
@@ -130,7 +130,7 @@ fn parse_node(text: &str) -> Option<IpAddr> {
 struct Held {
     connections: usize,
     subscriptions: usize,
-    bytes: Arc<crate::outbound::AddressBudget>,
+    bytes: Arc<crate::hub::outbound::AddressBudget>,
 }
 
 /// Counts connections in total and, with subscriptions, per client
@@ -153,7 +153,7 @@ pub struct GatePermit {
     address: IpAddr,
     subscriptions: usize,
     /// The address's queued-bytes budget, shared by its connections.
-    bytes: Arc<crate::outbound::AddressBudget>,
+    bytes: Arc<crate::hub::outbound::AddressBudget>,
 }
 
 impl ConnectionGate {
@@ -177,7 +177,7 @@ impl ConnectionGate {
         Held {
             connections: 0,
             subscriptions: 0,
-            bytes: Arc::new(crate::outbound::AddressBudget {
+            bytes: Arc::new(crate::hub::outbound::AddressBudget {
                 queued: AtomicUsize::new(0),
                 max: self.max_bytes_per_address,
             }),

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 /// Close code for a reader that stayed too slow (private-use range).
 pub const CLOSE_SLOW_READER: u16 = 4008;

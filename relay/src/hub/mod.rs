@@ -16,6 +16,8 @@
 //! item exactly once, history then live, and ingest never waits for a
 //! replay to be walked.
 
+pub mod outbound;
+
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -34,8 +36,8 @@ use o1_common::{Level, Timestamp};
 use crate::deployments::{
     Changed, Deployment, DeploymentError, DeploymentLog, Registry, RegistryLimits, Update,
 };
-use crate::outbound::{Outbound, Outgoing, SeriesKey};
-use crate::stats::Stats;
+use crate::hub::outbound::{Outbound, Outgoing, SeriesKey};
+use crate::telemetry::Stats;
 
 /// Limits of the hub's memory.
 #[derive(Debug, Clone, Copy)]
