@@ -21,15 +21,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use o1_common::Timestamp;
-use o1_common::wire::{
-    self, Ack, AgentMessage, Credentials, FrameReader, Hello, RelayMessage, Welcome,
-};
+use o1_common::wire::{self, Credentials, Hello};
 use quinn::VarInt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+
+pub mod session;
+
+use session::{HighWater, Input, ProtocolError, Refusal, UplinkSession, check_hello};
+pub use session::{MAX_APPLICATIONS_PER_HOST, MAX_HOST_BYTES, MAX_NAME_BYTES, valid_name};
 
 /// QUIC application close codes of the uplink.
 pub mod close_code {
@@ -147,25 +150,23 @@ macro_rules! warn_limited {
 }
 
 /// State shared by every uplink connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UplinkState {
-    /// Highest sequence routed per agent id.
-    high_water: Mutex<HashMap<String, (u64, Instant)>>,
+    high_water: Mutex<HighWater>,
     log: LogLimiter,
     /// Connections accepted whose hello has not been authenticated yet.
     handshaking: std::sync::atomic::AtomicUsize,
 }
 
-/// Largest hello frame: a host name, an id, a version, a token and the
-/// application names fit in far less.
-pub const HELLO_MAX_BYTES: usize = 16 * 1024;
-/// Longest host name (DNS) an agent may report.
-pub const MAX_HOST_BYTES: usize = 253;
-/// Longest application name, agent id or version.
-pub const MAX_NAME_BYTES: usize = 256;
-/// Most applications one host may have in the inventory and in history;
-/// items of further applications are refused and counted.
-pub const MAX_APPLICATIONS_PER_HOST: usize = 256;
+impl Default for UplinkState {
+    fn default() -> Self {
+        UplinkState {
+            high_water: Mutex::new(HighWater::new(HIGH_WATER_AGENTS, Duration::from_secs(3600))),
+            log: LogLimiter::default(),
+            handshaking: Default::default(),
+        }
+    }
+}
 
 /// Counts one connection in handshake until dropped.
 struct Handshaking<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -176,42 +177,21 @@ impl Drop for Handshaking<'_> {
     }
 }
 
-/// Whether a name from an agent is fit to keep and to log: not empty,
-/// not too long, no control characters.
-pub fn valid_name(name: &str, max: usize) -> bool {
-    !name.is_empty() && name.len() <= max && !name.chars().any(char::is_control)
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("relay shutting down")]
+    Shutdown,
 }
 
-/// Why a hello is refused, besides its credentials.
-fn check_hello(hello: &Hello) -> Result<(), String> {
-    if !valid_name(&hello.host, MAX_HOST_BYTES) {
-        return Err(format!(
-            "host name must be 1-{MAX_HOST_BYTES} bytes without control characters"
-        ));
+impl From<wire::FrameError> for End {
+    fn from(error: wire::FrameError) -> Self {
+        End::Protocol(error.into())
     }
-    if !valid_name(&hello.agent_id, MAX_NAME_BYTES) {
-        return Err(format!(
-            "agent id must be 1-{MAX_NAME_BYTES} bytes without control characters"
-        ));
-    }
-    if hello.agent_version.len() > MAX_NAME_BYTES {
-        return Err("agent version too long".into());
-    }
-    if hello.applications.len() > MAX_APPLICATIONS_PER_HOST {
-        return Err(format!(
-            "at most {MAX_APPLICATIONS_PER_HOST} applications per host"
-        ));
-    }
-    if let Some(bad) = hello
-        .applications
-        .iter()
-        .find(|a| !valid_name(a, MAX_NAME_BYTES))
-    {
-        return Err(format!(
-            "application name {bad:?} must be 1-{MAX_NAME_BYTES} bytes without control characters"
-        ));
-    }
-    Ok(())
 }
 
 /// Accepts agents until `shutdown`, then closes the endpoint.
@@ -276,77 +256,47 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
                 return;
             }
             Err(_) => {
-                state.stats.uplink_protocol_errors.inc();
-                connection.close(
-                    VarInt::from_u32(close_code::PROTOCOL_ERROR),
-                    b"no stream opened in time",
-                );
-                return;
+                let end = End::Protocol(ProtocolError::NoStream);
+                return ended(&state, &uplink, &connection, remote, end);
             }
         };
-    let max_frame = state.config.uplink.max_frame_bytes;
-    // Small until the agent is known: a 4 MiB "hello" is refused from its
-    // length prefix alone.
-    let mut reader = FrameReader::new(HELLO_MAX_BYTES.min(max_frame));
+    let mut session = UplinkSession::new(state.config.uplink.max_frame_bytes);
     let mut buffer = vec![0u8; 4 * 1024];
     let hello = match tokio::time::timeout(
         HELLO_TIMEOUT,
-        read_message(&mut recv, &mut reader, &mut buffer),
+        read_hello(&mut recv, &mut buffer, &mut session),
     )
     .await
     {
-        Ok(Ok(Some(AgentMessage::Hello(hello)))) => hello,
-        Ok(Ok(Some(AgentMessage::Batch(_)))) => {
-            protocol_error(
-                &state,
-                &uplink,
-                &connection,
-                remote,
-                "a batch came before hello",
-            );
-            return;
-        }
+        Ok(Ok(Some(hello))) => hello,
         Ok(Ok(None)) => return,
-        Ok(Err(reason)) => {
-            protocol_error(&state, &uplink, &connection, remote, &reason);
-            return;
-        }
+        Ok(Err(end)) => return ended(&state, &uplink, &connection, remote, end),
         Err(_) => {
-            protocol_error(&state, &uplink, &connection, remote, "no hello in time");
-            return;
+            let end = End::Protocol(ProtocolError::NoHello);
+            return ended(&state, &uplink, &connection, remote, end);
         }
     };
-    if let Err(reason) = check_hello(&hello).and_then(|()| authenticate(&state, &hello)) {
+    if let Err(refusal) = check_hello(&hello).and_then(|()| authenticate(&state, &hello)) {
         state.stats.uplink_auth_failures.inc();
         // Debug formatting: a name from the network never forges a line.
-        warn_limited!(uplink.log, "auth", %remote, host = ?hello.host, agent_id = ?hello.agent_id, %reason, "agent refused");
-        let mut out = Vec::new();
-        let refusal = RelayMessage::Refused(wire::Refused {
-            reason: reason.clone(),
-        });
-        if wire::encode_frame(&refusal, &mut out, max_frame).is_ok() {
-            let _ = send.write_all(&out).await;
+        warn_limited!(uplink.log, "auth", %remote, host = ?hello.host, agent_id = ?hello.agent_id, reason = %refusal, "agent refused");
+        if let Ok(frame) = session.refuse(&refusal) {
+            let _ = send.write_all(&frame).await;
             let _ = send.finish();
         }
         // Give the refusal a moment to leave before the close overtakes it.
         tokio::time::sleep(Duration::from_millis(100)).await;
         connection.close(
             VarInt::from_u32(close_code::UNAUTHORIZED),
-            reason.as_bytes(),
+            refusal.to_string().as_bytes(),
         );
         return;
     }
-    let mut out = Vec::new();
-    let welcome = RelayMessage::Welcome(Welcome {
-        relay_version: env!("CARGO_PKG_VERSION").to_owned(),
-    });
-    if wire::encode_frame(&welcome, &mut out, max_frame).is_err()
-        || send.write_all(&out).await.is_err()
-    {
-        return;
+    match session.welcome(&hello) {
+        Ok(frame) if send.write_all(&frame).await.is_ok() => {}
+        _ => return,
     }
     drop(handshaking);
-    reader.set_max_frame(max_frame);
     buffer.resize(64 * 1024, 0);
     tracing::info!(%remote, host = ?hello.host, agent_id = ?hello.agent_id, version = ?hello.agent_version, "agent connected");
     state.stats.agents_connected.inc();
@@ -358,73 +308,84 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
         Timestamp::now(),
     );
     let end = tokio::select! {
-        end = ingest(&mut send, &mut recv, &mut reader, &mut buffer, &hello, &state, &uplink) => end,
-        _ = state.shutdown.cancelled() => Err("relay shutting down".to_owned()),
+        end = ingest(&mut send, &mut recv, &mut buffer, &mut session, &hello, &state, &uplink) => end,
+        _ = state.shutdown.cancelled() => Err(End::Shutdown),
     };
     match end {
         Ok(()) => connection.close(VarInt::from_u32(close_code::NORMAL), b"bye"),
-        Err(reason) if state.shutdown.is_cancelled() => {
-            connection.close(
-                VarInt::from_u32(close_code::SHUTTING_DOWN),
-                reason.as_bytes(),
-            );
-        }
-        Err(reason) => protocol_error(&state, &uplink, &connection, remote, &reason),
+        Err(end) => ended(&state, &uplink, &connection, remote, end),
     }
     state.stats.agents_connected.dec();
     state.inventory.disconnected(&hello.host, Timestamp::now());
     tracing::info!(%remote, host = ?hello.host, "agent disconnected");
 }
 
-fn protocol_error(
+/// Closes the connection as `end` says (a lost one is just logged).
+fn ended(
     state: &AppState,
     uplink: &UplinkState,
     connection: &quinn::Connection,
     remote: SocketAddr,
-    reason: &str,
+    end: End,
 ) {
-    if reason.starts_with("connection lost") {
-        tracing::debug!(%remote, reason, "agent connection lost");
-        return;
+    let reason = end.to_string();
+    match end {
+        End::Lost(_) => tracing::debug!(%remote, %reason, "agent connection lost"),
+        End::Shutdown => connection.close(
+            VarInt::from_u32(close_code::SHUTTING_DOWN),
+            reason.as_bytes(),
+        ),
+        End::Protocol(_) => {
+            state.stats.uplink_protocol_errors.inc();
+            warn_limited!(uplink.log, "protocol", %remote, %reason, "uplink connection closed for a protocol error");
+            connection.close(
+                VarInt::from_u32(close_code::PROTOCOL_ERROR),
+                reason.as_bytes(),
+            );
+        }
     }
-    state.stats.uplink_protocol_errors.inc();
-    warn_limited!(uplink.log, "protocol", %remote, reason, "uplink connection closed for a protocol error");
-    connection.close(
-        VarInt::from_u32(close_code::PROTOCOL_ERROR),
-        reason.as_bytes(),
-    );
 }
 
-fn authenticate(state: &AppState, hello: &Hello) -> Result<(), String> {
-    if hello.host.is_empty() || hello.agent_id.is_empty() {
-        return Err("hello must name the host and the agent id".into());
-    }
+fn authenticate(state: &AppState, hello: &Hello) -> Result<(), Refusal> {
     match &hello.credentials {
         Credentials::Token(token) if state.tokens.verify(token) => Ok(()),
-        Credentials::Token(_) => Err("invalid token".into()),
-        Credentials::ClientCertificate => {
-            Err("client certificates are not enabled on this relay".into())
-        }
+        Credentials::Token(_) => Err(Refusal::InvalidToken),
+        Credentials::ClientCertificate => Err(Refusal::ClientCertificatesDisabled),
     }
 }
 
-/// Reads until one message is whole. `Ok(None)`: the stream ended cleanly.
-async fn read_message(
+/// Reads more of the stream into the session: the one read loop of the
+/// uplink. `Ok(false)`: the stream ended cleanly.
+async fn read_more(
     recv: &mut quinn::RecvStream,
-    reader: &mut FrameReader,
     buffer: &mut [u8],
-) -> Result<Option<AgentMessage>, String> {
-    loop {
-        if let Some(message) = reader
-            .next_message::<AgentMessage>()
-            .map_err(|e| e.to_string())?
-        {
-            return Ok(Some(message));
+    session: &mut UplinkSession,
+) -> Result<bool, End> {
+    match recv.read(buffer).await {
+        Ok(Some(n)) => {
+            session.feed(&buffer[..n]);
+            Ok(true)
         }
-        match recv.read(buffer).await {
-            Ok(Some(n)) => reader.extend(&buffer[..n]),
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(format!("connection lost: {e}")),
+        Ok(None) => Ok(false),
+        Err(e) => Err(End::Lost(e.to_string())),
+    }
+}
+
+/// Reads until the hello. `Ok(None)`: the stream ended first.
+async fn read_hello(
+    recv: &mut quinn::RecvStream,
+    buffer: &mut [u8],
+    session: &mut UplinkSession,
+) -> Result<Option<Hello>, End> {
+    loop {
+        // Before the hello no batch is admitted (it is an error).
+        match session.next_input(&mut |_, _| false)? {
+            Some(Input::Hello(hello)) => return Ok(Some(hello)),
+            Some(Input::Batch { .. }) => return Err(ProtocolError::BatchBeforeHello.into()),
+            None => {}
+        }
+        if !read_more(recv, buffer, session).await? {
+            return Ok(None);
         }
     }
 }
@@ -432,108 +393,87 @@ async fn read_message(
 async fn ingest(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    reader: &mut FrameReader,
     buffer: &mut [u8],
+    session: &mut UplinkSession,
     hello: &Hello,
     state: &AppState,
     uplink: &UplinkState,
-) -> Result<(), String> {
-    let max_frame = state.config.uplink.max_frame_bytes;
-    let mut out = Vec::new();
+) -> Result<(), End> {
     loop {
-        let mut acked = None;
-        while let Some(message) = reader
-            .next_message::<AgentMessage>()
-            .map_err(|e| e.to_string())?
-        {
-            let AgentMessage::Batch(batch) = message else {
-                return Err("hello sent twice".into());
-            };
-            let ingested_at = Instant::now();
-            let is_new = {
-                let mut marks = uplink.high_water.lock();
-                // Bounded: beyond HIGH_WATER_AGENTS ids (each `o1-agent
-                // deploy` run has its own), ids idle for an hour are forgotten.
-                if marks.len() >= HIGH_WATER_AGENTS && !marks.contains_key(&hello.agent_id) {
-                    marks.retain(|_, (_, seen)| {
-                        ingested_at.duration_since(*seen) < Duration::from_secs(3600)
-                    });
+        let mut admit = |agent_id: &str, sequence| {
+            uplink
+                .high_water
+                .lock()
+                .admit(agent_id, sequence, Instant::now())
+        };
+        while let Some(input) = session.next_input(&mut admit)? {
+            match input {
+                Input::Batch { batch, new: true } => route(state, uplink, hello, &batch),
+                Input::Batch { new: false, .. } => {
+                    state.stats.duplicate_batches.inc();
                 }
-                let mark = marks
-                    .entry(hello.agent_id.clone())
-                    .or_insert((0, ingested_at));
-                mark.1 = ingested_at;
-                if batch.sequence > mark.0 {
-                    mark.0 = batch.sequence;
-                    true
-                } else {
-                    false
-                }
-            };
-            if is_new {
-                let now = Timestamp::now();
-                let mut applications: Vec<&str> = batch
-                    .items
-                    .iter()
-                    .filter_map(|item| match item {
-                        wire::Item::Metric(m) => Some(m.application.as_str()),
-                        wire::Item::Log(l) => Some(l.application.as_str()),
-                        wire::Item::Deployment(_) => None,
-                    })
-                    .collect();
-                applications.sort_unstable();
-                applications.dedup();
-                let refused = state.inventory.seen(
-                    &hello.host,
-                    applications.into_iter(),
-                    now,
-                    MAX_APPLICATIONS_PER_HOST,
-                );
-                let refused_items = if refused.is_empty() {
-                    state
-                        .hub
-                        .publish(&hello.host, &batch.items, ingested_at, now);
-                    0
-                } else {
-                    let admitted: Vec<wire::Item> = batch
-                        .items
-                        .iter()
-                        .filter(|item| match item {
-                            wire::Item::Metric(m) => !refused.contains(&m.application),
-                            wire::Item::Log(l) => !refused.contains(&l.application),
-                            wire::Item::Deployment(_) => true,
-                        })
-                        .cloned()
-                        .collect();
-                    state.hub.publish(&hello.host, &admitted, ingested_at, now);
-                    batch.items.len() - admitted.len()
-                };
-                if refused_items > 0 {
-                    state.stats.processing_errors.inc_by(refused_items as u64);
-                    warn_limited!(uplink.log, "applications", host = ?hello.host, refused_items, "items of applications over the limit (or with invalid names) refused: at most 256 applications of 1-256 bytes per host");
-                }
-                state.stats.batches_ingested.inc();
-                if batch.dropped_items > 0 {
-                    state.stats.agent_dropped_items.inc_by(batch.dropped_items);
-                    tracing::warn!(host = ?hello.host, dropped = batch.dropped_items, "agent reports items dropped from a full spool");
-                }
-            } else {
-                state.stats.duplicate_batches.inc();
+                Input::Hello(_) => return Err(ProtocolError::HelloTwice.into()),
             }
-            acked = Some(acked.unwrap_or(0).max(batch.sequence));
         }
-        if let Some(sequence) = acked {
-            out.clear();
-            wire::encode_frame(&RelayMessage::Ack(Ack { sequence }), &mut out, max_frame)
-                .map_err(|e| e.to_string())?;
-            send.write_all(&out)
+        if let Some(ack) = session.take_ack()? {
+            send.write_all(&ack)
                 .await
-                .map_err(|e| format!("connection lost: {e}"))?;
+                .map_err(|e| End::Lost(e.to_string()))?;
         }
-        match recv.read(buffer).await {
-            Ok(Some(n)) => reader.extend(&buffer[..n]),
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("connection lost: {e}")),
+        if !read_more(recv, buffer, session).await? {
+            return Ok(());
         }
+    }
+}
+
+/// Routes a new batch: inventory, then the hub. Items of applications over
+/// the host's limit are refused and counted.
+fn route(state: &AppState, uplink: &UplinkState, hello: &Hello, batch: &wire::Batch) {
+    let ingested_at = Instant::now();
+    let now = Timestamp::now();
+    let mut applications: Vec<&str> = batch
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            wire::Item::Metric(m) => Some(m.application.as_str()),
+            wire::Item::Log(l) => Some(l.application.as_str()),
+            wire::Item::Deployment(_) => None,
+        })
+        .collect();
+    applications.sort_unstable();
+    applications.dedup();
+    let refused = state.inventory.seen(
+        &hello.host,
+        applications.into_iter(),
+        now,
+        MAX_APPLICATIONS_PER_HOST,
+    );
+    let refused_items = if refused.is_empty() {
+        state
+            .hub
+            .publish(&hello.host, &batch.items, ingested_at, now);
+        0
+    } else {
+        let admitted: Vec<wire::Item> = batch
+            .items
+            .iter()
+            .filter(|item| match item {
+                wire::Item::Metric(m) => !refused.contains(&m.application),
+                wire::Item::Log(l) => !refused.contains(&l.application),
+                wire::Item::Deployment(_) => true,
+            })
+            .cloned()
+            .collect();
+        state.hub.publish(&hello.host, &admitted, ingested_at, now);
+        batch.items.len() - admitted.len()
+    };
+    if refused_items > 0 {
+        state.stats.processing_errors.inc_by(refused_items as u64);
+        warn_limited!(uplink.log, "applications", host = ?hello.host, refused_items, "items of applications over the limit (or with invalid names) refused: at most 256 applications of 1-256 bytes per host");
+    }
+    state.stats.batches_ingested.inc();
+    if batch.dropped_items > 0 {
+        state.stats.agent_dropped_items.inc_by(batch.dropped_items);
+        tracing::warn!(host = ?hello.host, dropped = batch.dropped_items, "agent reports items dropped from a full spool");
     }
 }
