@@ -261,6 +261,23 @@ pub enum ConfigError {
 }
 
 impl RelayConfig {
+    /// The limits of one WebSocket connection's session.
+    pub fn session_limits(&self) -> crate::api::session::SessionLimits {
+        let ws = &self.websocket;
+        crate::api::session::SessionLimits {
+            messages_per_second: ws.messages_per_second,
+            burst: ws.burst,
+            abuse_limit: ws.abuse_limit,
+            max_subscriptions: ws.max_subscriptions,
+            replay_lines_per_second: ws.replay_lines_per_second,
+            replay_burst: ws.replay_burst,
+            max_tail: u32::try_from(self.history.lines_per_source).unwrap_or(u32::MAX),
+            ping_interval: Duration::from_secs(ws.ping_interval_secs),
+            ping_timeout: Duration::from_secs(ws.ping_timeout_secs),
+            stall_timeout_secs: ws.stall_timeout_secs,
+        }
+    }
+
     /// Reads the file (absent is fine when `required` is false), applies the
     /// environment and `--set` overrides, and validates.
     pub fn load(

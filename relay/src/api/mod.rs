@@ -4,4 +4,5 @@
 
 pub mod http_server;
 pub mod rest;
+pub mod session;
 pub mod websocket;

@@ -12,7 +12,6 @@
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,37 +21,19 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use governor::{Quota, RateLimiter};
 use o1_common::Timestamp;
-use o1_common::api::{
-    ClientMessage, DecodeError, Dropped, ErrorCode, ErrorMessage, Pong, RequestId, ServerMessage,
-    SubscriptionAck,
-};
+use o1_common::api::{Dropped, ErrorCode, ErrorMessage, RequestId, ServerMessage};
 use serde_json::json;
 
 use crate::AppState;
 use crate::hub::SubscriptionHandle;
-use crate::hub::outbound::{CLOSE_SLOW_READER, Outbound, Outgoing, subscription_name};
+use crate::hub::outbound::{Outbound, Outgoing, subscription_name};
 
-/// Close codes used by the relay (RFC 6455 and private use).
-pub mod close_code {
-    /// The relay is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// Persistent abuse of the rate limit.
-    pub const POLICY_VIOLATION: u16 = 1008;
-    /// A client message over `websocket.max_message_bytes`.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// A connection limit is reached; try again later.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub use crate::hub::outbound::CLOSE_SLOW_READER as SLOW_READER;
-}
+use super::session::{
+    Action, Frame, Subscribe, Tick, WsSession, subscribed_ack, subscription_failed,
+};
 
-/// Longest host or application name a subscription may name.
-pub const MAX_NAME_BYTES: usize = 256;
-/// Longest `search` text.
-pub const MAX_SEARCH_BYTES: usize = 1024;
-/// Longest deployment or subscription id.
-pub const MAX_ID_BYTES: usize = 256;
+pub use super::session::{MAX_ID_BYTES, MAX_NAME_BYTES, MAX_SEARCH_BYTES, close_code};
 
 /// The address limits apply to: IPv4 as it is, IPv6 by its /64 (one host
 /// or customer usually holds a whole /64), IPv4-mapped IPv6 as IPv4.
@@ -291,16 +272,6 @@ fn encode(message: &ServerMessage) -> Bytes {
     Bytes::from(message.to_json())
 }
 
-fn error_reply(
-    code: ErrorCode,
-    message: impl Into<String>,
-    request_id: Option<&RequestId>,
-) -> ErrorMessage {
-    let mut error = ErrorMessage::new(code, message, Timestamp::now());
-    error.request_id = request_id.cloned();
-    error
-}
-
 /// How long a close the relay starts waits for the client: to write what
 /// was queued and the close frame, then to read the client's answer.
 const LINGER: Duration = Duration::from_secs(2);
@@ -352,15 +323,98 @@ enum ReadEnd {
     Close(u16, String),
 }
 
+/// The driver's half of a connection: what the session's actions need.
 struct Connection {
+    session: WsSession,
     permit: GatePermit,
-    /// Lines this connection may replay (`tail`): refilled at
-    /// `websocket.replay_lines_per_second`, up to `replay_burst`.
-    replay: governor::DefaultDirectRateLimiter,
-    subscriptions: Vec<SubscriptionHandle>,
-    limiter: governor::DefaultDirectRateLimiter,
-    /// Times of recent rate-limited messages, for abuse detection.
-    limited_at: std::collections::VecDeque<Instant>,
+    /// This connection's subscriptions in the hub, by id.
+    handles: Vec<SubscriptionHandle>,
+}
+
+impl Connection {
+    /// Does what the session decided.
+    fn act(
+        &mut self,
+        actions: Vec<Action>,
+        outbound: &Arc<Outbound>,
+        state: &AppState,
+    ) -> Option<ReadEnd> {
+        for action in actions {
+            match action {
+                Action::Reply(message) => outbound.push_reply(Outgoing::reply(encode(&message))),
+                Action::Subscribe {
+                    subscribe,
+                    request_id,
+                } => self.subscribe(subscribe, request_id, outbound, state),
+                Action::Unsubscribe(id) => {
+                    if let Some(position) = self.handles.iter().position(|h| h.id == id) {
+                        let handle = self.handles.swap_remove(position);
+                        state.hub.unsubscribe(&handle);
+                        self.permit.remove_subscription();
+                        if self.handles.is_empty() {
+                            state.stats.connections_active.dec();
+                        }
+                    }
+                }
+                Action::Close(code, reason) => return Some(ReadEnd::Close(code, reason)),
+            }
+        }
+        None
+    }
+
+    fn subscribe(
+        &mut self,
+        subscribe: Subscribe,
+        request_id: Option<RequestId>,
+        outbound: &Arc<Outbound>,
+        state: &AppState,
+    ) {
+        let now = Timestamp::now();
+        let refuse =
+            |error| outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(error))));
+        if !self.permit.add_subscription() {
+            let limit = state.config.websocket.max_subscriptions_per_address;
+            refuse(subscription_failed(
+                format!("Subscription limit reached: at most {limit} per client address"),
+                json!({ "limit": limit }),
+                request_id.as_ref(),
+                now,
+            ));
+            return;
+        }
+        let ack = |id: u64| {
+            Outgoing::reply(encode(&subscribed_ack(
+                id,
+                request_id.clone(),
+                Timestamp::now(),
+            )))
+        };
+        let handle = match &subscribe {
+            Subscribe::Deployment { deployment_id } => {
+                match state.hub.subscribe_deployment(deployment_id, outbound, ack) {
+                    Ok(handle) => handle,
+                    Err(error) => {
+                        self.permit.remove_subscription();
+                        refuse(subscription_failed(
+                            error.to_string(),
+                            json!({ "deploymentId": deployment_id }),
+                            request_id.as_ref(),
+                            now,
+                        ));
+                        return;
+                    }
+                }
+            }
+            Subscribe::Logs { request, replay } => {
+                state.hub.subscribe_logs(request, outbound, ack, *replay)
+            }
+            Subscribe::Metrics { request } => state.hub.subscribe_metrics(request, outbound, ack),
+        };
+        if self.session.subscribed(handle.id) {
+            state.stats.connections_active.inc();
+        }
+        self.handles.push(handle);
+    }
 }
 
 async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, permit: GatePermit) {
@@ -371,19 +425,10 @@ async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, permit: Gat
             .with_address_budget(permit.bytes.clone()),
     );
     let (mut sink, mut stream) = socket.split();
-    let ws = &state.config.websocket;
-    let quota =
-        Quota::per_second(NonZeroU32::new(ws.messages_per_second).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(ws.burst).unwrap_or(NonZeroU32::MIN));
-    let replay_quota =
-        Quota::per_second(NonZeroU32::new(ws.replay_lines_per_second).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(ws.replay_burst).unwrap_or(NonZeroU32::MIN));
     let mut connection = Connection {
+        session: WsSession::new(state.config.session_limits()),
         permit,
-        replay: RateLimiter::direct(replay_quota),
-        subscriptions: Vec::new(),
-        limiter: RateLimiter::direct(quota),
-        limited_at: std::collections::VecDeque::new(),
+        handles: Vec::new(),
     };
     let closing = {
         let writer = write_loop(&mut sink, &outbound, &state);
@@ -405,10 +450,10 @@ async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, permit: Gat
     if closing {
         linger(&mut stream).await;
     }
-    for handle in &connection.subscriptions {
+    for handle in &connection.handles {
         state.hub.unsubscribe(handle);
     }
-    if !connection.subscriptions.is_empty() {
+    if !connection.handles.is_empty() {
         stats.connections_active.dec();
     }
     stats.connection_closed();
@@ -485,9 +530,18 @@ async fn write_loop(
     }
 }
 
+/// Whether a read failed because the client's message is over
+/// `websocket.max_message_bytes` (tungstenite's capacity error).
 fn is_too_big(error: &axum::Error) -> bool {
-    let text = error.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    let source = std::error::Error::source(error);
+    matches!(
+        source.and_then(|e| e.downcast_ref::<Error>()),
+        Some(Error::Capacity(
+            CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders
+        ))
+    )
 }
 
 async fn read_loop(
@@ -496,38 +550,27 @@ async fn read_loop(
     connection: &mut Connection,
     state: &AppState,
 ) -> ReadEnd {
-    let ws = &state.config.websocket;
-    let ping_interval = Duration::from_secs(ws.ping_interval_secs);
-    let dead_after = ping_interval + Duration::from_secs(ws.ping_timeout_secs);
-    let check_every = ping_interval
-        .min(Duration::from_secs(ws.stall_timeout_secs.max(1)))
-        .div_f32(2.0)
-        .max(Duration::from_millis(100));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
-    let mut last_inbound = Instant::now();
-    let mut last_ping = Instant::now();
+    let every = connection.session.tick_every();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
-        tokio::select! {
+        let actions = tokio::select! {
             _ = state.shutdown.cancelled() => {
                 return ReadEnd::Close(close_code::GOING_AWAY, "server shutting down".into());
             }
             _ = tick.tick() => {
-                let now = Instant::now();
-                if now.duration_since(last_inbound) >= dead_after {
-                    tracing::debug!("websocket peer silent past the ping timeout; dropping");
-                    return ReadEnd::Gone;
+                match connection.session.tick(outbound.is_stalled(Instant::now())) {
+                    Tick::Nothing => {}
+                    Tick::Ping => outbound.push_ping(),
+                    Tick::Dead => {
+                        tracing::debug!("websocket peer silent past the ping timeout; dropping");
+                        return ReadEnd::Gone;
+                    }
+                    Tick::Close(code, reason) => {
+                        state.stats.slow_readers_closed.inc();
+                        return ReadEnd::Close(code, reason);
+                    }
                 }
-                if outbound.is_stalled(now) {
-                    state.stats.slow_readers_closed.inc();
-                    return ReadEnd::Close(
-                        CLOSE_SLOW_READER,
-                        format!("slow reader: outbound queue full for {}s", ws.stall_timeout_secs),
-                    );
-                }
-                if now.duration_since(last_ping) >= ping_interval {
-                    last_ping = now;
-                    outbound.push_ping();
-                }
+                continue;
             }
             frame = stream.next() => {
                 let message = match frame {
@@ -536,7 +579,7 @@ async fn read_loop(
                         if is_too_big(&error) {
                             return ReadEnd::Close(
                                 close_code::MESSAGE_TOO_BIG,
-                                format!("message too big: the limit is {} bytes", ws.max_message_bytes),
+                                format!("message too big: the limit is {} bytes", state.config.websocket.max_message_bytes),
                             );
                         }
                         tracing::debug!(%error, "websocket read failed");
@@ -544,279 +587,25 @@ async fn read_loop(
                     }
                     Some(Ok(message)) => message,
                 };
-                last_inbound = Instant::now();
-                let text = match message {
-                    Message::Text(text) => Some(text),
-                    Message::Binary(_) => None,
-                    // Control frames count against the rate limit (a ping
-                    // flood is a flood); they keep the peer known alive but
-                    // never clear a stall: that needs the writer to write.
-                    Message::Ping(_) | Message::Pong(_) => {
-                        if connection.limiter.check().is_err()
-                            && let Err(end) = check_abuse(connection, state)
-                        {
-                            return end;
-                        }
-                        continue;
-                    }
+                let frame = match &message {
+                    Message::Text(text) => Frame::Text(text.as_str()),
+                    Message::Binary(_) => Frame::Binary,
+                    Message::Ping(_) | Message::Pong(_) => Frame::Control,
                     Message::Close(_) => return ReadEnd::Gone,
                 };
-                state.stats.messages_received.inc();
-                match check_rate(connection, outbound, state) {
-                    Err(end) => return end,
-                    Ok(false) => continue,
-                    Ok(true) => {}
-                }
-                match text {
-                    Some(text) => handle_text(text.as_str(), outbound, connection, state),
-                    None => {
-                        state.stats.invalid_messages.inc();
-                        let error = error_reply(
-                            ErrorCode::InvalidMessage,
-                            "binary frames are not supported: send JSON text frames",
-                            None,
-                        );
-                        outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(error))));
-                    }
-                }
+                let before = connection.session.counted;
+                let actions = connection.session.receive(frame, Timestamp::now());
+                let after = connection.session.counted;
+                state.stats.messages_received.inc_by(after.received - before.received);
+                state.stats.invalid_messages.inc_by(after.invalid - before.invalid);
+                state.stats.rate_limited.inc_by(after.rate_limited - before.rate_limited);
+                actions
             }
-        }
-    }
-}
-
-/// Counts a rate-limited message; `Err` closes the connection when they
-/// are too many within a minute.
-fn check_abuse(connection: &mut Connection, state: &AppState) -> Result<(), ReadEnd> {
-    state.stats.rate_limited.inc();
-    let now = Instant::now();
-    connection.limited_at.push_back(now);
-    while connection
-        .limited_at
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
-    {
-        connection.limited_at.pop_front();
-    }
-    if connection.limited_at.len() > state.config.websocket.abuse_limit as usize {
-        return Err(ReadEnd::Close(
-            close_code::POLICY_VIOLATION,
-            "rate limit exceeded repeatedly".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Applies the token bucket. `Err` closes the connection.
-fn check_rate(
-    connection: &mut Connection,
-    outbound: &Outbound,
-    state: &AppState,
-) -> Result<bool, ReadEnd> {
-    use governor::clock::{Clock, DefaultClock};
-    let Err(not_until) = connection.limiter.check() else {
-        return Ok(true);
-    };
-    check_abuse(connection, state)?;
-    let wait = not_until.wait_time_from(DefaultClock::default().now());
-    let mut error = error_reply(ErrorCode::RateLimitExceeded, "Too many messages", None);
-    error.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-    outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(error))));
-    Ok(false)
-}
-
-fn handle_text(
-    text: &str,
-    outbound: &Arc<Outbound>,
-    connection: &mut Connection,
-    state: &AppState,
-) {
-    let message = match ClientMessage::from_json(text) {
-        Ok(message) => message,
-        Err(error) => {
-            reply_invalid(outbound, state, &error);
-            return;
-        }
-    };
-    let request_id = message.request_id().cloned();
-    if let Some((field, max)) = too_long(&message) {
-        let error = DecodeError {
-            field: Some(field.into()),
-            problem: format!("too long: at most {max} bytes"),
-            request_id,
         };
-        reply_invalid(outbound, state, &error);
-        return;
-    }
-    let reply_error = |error: ErrorMessage| {
-        outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(error))));
-    };
-    let is_subscribe = matches!(
-        message,
-        ClientMessage::Subscribe(_)
-            | ClientMessage::SubscribeLogs(_)
-            | ClientMessage::SubscribeMetrics(_)
-    );
-    if is_subscribe && connection.subscriptions.len() >= state.config.websocket.max_subscriptions {
-        let mut error = error_reply(
-            ErrorCode::SubscriptionFailed,
-            format!(
-                "Subscription limit reached: at most {} per connection",
-                state.config.websocket.max_subscriptions
-            ),
-            request_id.as_ref(),
-        );
-        error.details = Some(json!({ "limit": state.config.websocket.max_subscriptions }));
-        reply_error(error);
-        return;
-    }
-    if is_subscribe && !connection.permit.add_subscription() {
-        let limit = state.config.websocket.max_subscriptions_per_address;
-        let mut error = error_reply(
-            ErrorCode::SubscriptionFailed,
-            format!("Subscription limit reached: at most {limit} per client address"),
-            request_id.as_ref(),
-        );
-        error.details = Some(json!({ "limit": limit }));
-        reply_error(error);
-        return;
-    }
-    let ack = |id: u64| {
-        Outgoing::reply(encode(&ServerMessage::Subscribed(SubscriptionAck {
-            subscription_id: subscription_name(id),
-            request_id: request_id.clone(),
-            timestamp: Timestamp::now(),
-        })))
-    };
-    let handle = match &message {
-        ClientMessage::Subscribe(request) => {
-            match state
-                .hub
-                .subscribe_deployment(&request.deployment_id, outbound, ack)
-            {
-                Ok(handle) => Some(handle),
-                Err(error) => {
-                    connection.permit.remove_subscription();
-                    let mut reply = error_reply(
-                        ErrorCode::SubscriptionFailed,
-                        error.to_string(),
-                        request_id.as_ref(),
-                    );
-                    reply.details = Some(json!({ "deploymentId": request.deployment_id }));
-                    reply_error(reply);
-                    None
-                }
-            }
-        }
-        ClientMessage::SubscribeLogs(request) => {
-            let wanted = request
-                .tail
-                .unwrap_or(0)
-                .min(u32::try_from(state.config.history.lines_per_source).unwrap_or(u32::MAX));
-            let allowance = take_replay_tokens(&connection.replay, wanted);
-            Some(
-                state
-                    .hub
-                    .subscribe_logs(request, outbound, ack, allowance as usize),
-            )
-        }
-        ClientMessage::SubscribeMetrics(request) => {
-            if request.metrics.as_ref().is_some_and(Vec::is_empty) {
-                let error = DecodeError {
-                    field: Some("metrics".into()),
-                    problem: "must name at least one of cpu, memory, disk, network (or be left out for all)".into(),
-                    request_id: request_id.clone(),
-                };
-                connection.permit.remove_subscription();
-                reply_invalid(outbound, state, &error);
-                None
-            } else {
-                Some(state.hub.subscribe_metrics(request, outbound, ack))
-            }
-        }
-        ClientMessage::Unsubscribe(request) => {
-            let position = connection
-                .subscriptions
-                .iter()
-                .position(|h| subscription_name(h.id) == request.subscription_id);
-            match position {
-                Some(position) => {
-                    let handle = connection.subscriptions.swap_remove(position);
-                    state.hub.unsubscribe(&handle);
-                    connection.permit.remove_subscription();
-                    if connection.subscriptions.is_empty() {
-                        state.stats.connections_active.dec();
-                    }
-                    outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Unsubscribed(
-                        SubscriptionAck {
-                            subscription_id: request.subscription_id.clone(),
-                            request_id: request_id.clone(),
-                            timestamp: Timestamp::now(),
-                        },
-                    ))));
-                }
-                None => {
-                    let mut error = error_reply(
-                        ErrorCode::SubscriptionNotFound,
-                        "Subscription not found",
-                        request_id.as_ref(),
-                    );
-                    error.details = Some(json!({ "subscriptionId": request.subscription_id }));
-                    reply_error(error);
-                }
-            }
-            None
-        }
-        ClientMessage::Ping(_) => {
-            outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Pong(Pong {
-                request_id: request_id.clone(),
-                timestamp: Timestamp::now(),
-            }))));
-            None
-        }
-    };
-    if let Some(handle) = handle {
-        if connection.subscriptions.is_empty() {
-            state.stats.connections_active.inc();
-        }
-        connection.subscriptions.push(handle);
-    }
-}
-
-/// Takes up to `wanted` tokens from the replay bucket; returns how many.
-fn take_replay_tokens(bucket: &governor::DefaultDirectRateLimiter, wanted: u32) -> u32 {
-    let mut n = wanted;
-    while n > 0 {
-        match NonZeroU32::new(n).map(|n| bucket.check_n(n)) {
-            Some(Ok(Ok(()))) => return n,
-            _ => n /= 2,
+        if let Some(end) = connection.act(actions, outbound, state) {
+            return end;
         }
     }
-    0
-}
-
-/// The first field over its size limit, and the limit.
-fn too_long(message: &ClientMessage) -> Option<(&'static str, usize)> {
-    let over = |field: &'static str, value: Option<&String>, max: usize| {
-        value.filter(|v| v.len() > max).map(|_| (field, max))
-    };
-    match message {
-        ClientMessage::SubscribeLogs(r) => over("host", r.host.as_ref(), MAX_NAME_BYTES)
-            .or_else(|| over("application", r.application.as_ref(), MAX_NAME_BYTES))
-            .or_else(|| over("search", r.search.as_ref(), MAX_SEARCH_BYTES)),
-        ClientMessage::SubscribeMetrics(r) => over("host", r.host.as_ref(), MAX_NAME_BYTES)
-            .or_else(|| over("application", r.application.as_ref(), MAX_NAME_BYTES)),
-        ClientMessage::Subscribe(r) => over("deploymentId", Some(&r.deployment_id), MAX_ID_BYTES),
-        ClientMessage::Unsubscribe(r) => {
-            over("subscriptionId", Some(&r.subscription_id), MAX_ID_BYTES)
-        }
-        ClientMessage::Ping(_) => None,
-    }
-}
-
-fn reply_invalid(outbound: &Outbound, state: &AppState, error: &DecodeError) {
-    state.stats.invalid_messages.inc();
-    let reply = ErrorMessage::invalid(error, Timestamp::now());
-    outbound.push_reply(Outgoing::reply(encode(&ServerMessage::Error(reply))));
 }
 
 #[cfg(test)]
