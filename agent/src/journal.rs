@@ -39,7 +39,6 @@ use serde_json::Value;
 use crate::backoff::Backoff;
 use crate::config::{JournalConfig, StartAt, parse_priority};
 use crate::pipeline::Event;
-use crate::tail::cut_message;
 
 /// Most entries, and bytes of messages, in one event to the batcher (the
 /// event queue holds 256 events: this bounds what it can hold).
@@ -173,7 +172,7 @@ impl JournalSource {
             application: self.application.clone(),
             timestamp_ms,
             level: level(priority),
-            message: cut_message(message, self.max_message_bytes),
+            message: o1_common::text::cut(message, self.max_message_bytes),
             deployment_id: None,
         };
         Ok((record, cursor))

@@ -15,6 +15,7 @@ pub mod config;
 pub mod deploy;
 pub mod journal;
 pub mod level;
+pub mod lines;
 pub mod metrics;
 pub mod pipeline;
 pub mod spool;

@@ -31,7 +31,7 @@ use o1_common::wire::{Item, LogRecord};
 
 use crate::checkpoint::{FINGERPRINT_BYTES, FileKey, FileOffset, GUARD_BYTES, Resume};
 use crate::config::{LogsConfig, Multiline, StartAt, WatchMode};
-use crate::level::detect_level;
+use crate::lines::LineAssembler;
 use crate::pipeline::{Event, Position};
 
 /// A file that left the globs (rotated away, deleted) is closed once it has
@@ -40,7 +40,6 @@ pub const RELEASE_AFTER: Duration = Duration::from_secs(5);
 /// Bytes read from one file before moving to the next (fairness).
 const READ_BUDGET: usize = 4 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
-use o1_common::text::TRUNCATED_MARK;
 /// On stop, how long the tailer may take to read tracked files to their
 /// end before it gives up (the rest is read after the restart).
 pub const STOP_DRAIN: Duration = Duration::from_secs(2);
@@ -65,20 +64,10 @@ struct Tracked {
     path: PathBuf,
     app: usize,
     file: File,
-    /// Position after the last record handed to the batcher.
-    committed: u64,
-    /// Bytes read so far.
-    read_pos: u64,
+    /// Lines read so far, and the positions read and handed out.
+    lines: LineAssembler,
     /// The file's length when last looked at.
     size: u64,
-    /// The current line's bytes, not yet complete.
-    partial: Vec<u8>,
-    partial_since: Option<Instant>,
-    /// The current line was cut; skip to its newline.
-    cutting: bool,
-    /// A multiline record being assembled, and the position after it.
-    pending: Option<(LogRecord, u64)>,
-    pending_since: Option<Instant>,
     last_growth: Instant,
     /// Gone from the globs since.
     missing_since: Option<Instant>,
@@ -620,14 +609,13 @@ impl Tailer {
                 path: path.to_owned(),
                 app,
                 file,
-                committed: start,
-                read_pos: start,
+                lines: LineAssembler::new(
+                    &self.apps[app].name,
+                    self.apps[app].multiline,
+                    self.config.max_line_bytes,
+                    start,
+                ),
                 size: len,
-                partial: Vec::new(),
-                partial_since: None,
-                cutting: false,
-                pending: None,
-                pending_since: None,
                 last_growth: Instant::now(),
                 missing_since: None,
                 discovered: self.discovered,
@@ -713,15 +701,12 @@ impl Tailer {
 
     /// Reads `tracked` up to `len` (its length when the pass began).
     fn read_file(&mut self, tracked: &mut Tracked, len: u64) -> Option<bool> {
-        if len < tracked.read_pos || (len != tracked.read_pos && self.rewritten(tracked)) {
+        let read_pos = tracked.lines.read_pos();
+        if len < read_pos || (len != read_pos && self.rewritten(tracked)) {
             tracing::info!(path = %tracked.path.display(), "log file truncated (copytruncate?); reading from the start");
             self.recover_from_copy(tracked)?;
-            self.flush_pending(tracked, true)?;
-            tracked.read_pos = 0;
-            tracked.committed = 0;
-            tracked.partial.clear();
-            tracked.partial_since = None;
-            tracked.cutting = false;
+            self.flush(tracked, true, None)?;
+            tracked.lines.restart();
             // New content, new identity: the checkpoint must not match the
             // old fingerprint against it after a restart.
             self.reidentify(tracked)?;
@@ -735,14 +720,26 @@ impl Tailer {
             self.reidentify(tracked)?;
         }
         tracked.size = len;
-        let mut budget = READ_BUDGET;
-        let app = self.apps[tracked.app].clone();
-        while tracked.read_pos < len && budget > 0 {
-            let want = CHUNK.min((len - tracked.read_pos) as usize);
-            let n = match tracked
-                .file
-                .read_at(&mut self.buffer[..want], tracked.read_pos)
-            {
+        self.read_from(tracked, None, len, READ_BUDGET)?;
+        Some(tracked.lines.read_pos() < len)
+    }
+
+    /// The one read loop: reads the tracked file (or `copy`, its copy)
+    /// from the assembler's position up to `len`, at most `budget` bytes,
+    /// and hands the records to the batcher. `None` when the batcher is
+    /// gone.
+    fn read_from(
+        &mut self,
+        tracked: &mut Tracked,
+        copy: Option<&File>,
+        len: u64,
+        mut budget: usize,
+    ) -> Option<()> {
+        while tracked.lines.read_pos() < len && budget > 0 {
+            let at = tracked.lines.read_pos();
+            let want = CHUNK.min((len - at) as usize);
+            let source = copy.unwrap_or(&tracked.file);
+            let n = match source.read_at(&mut self.buffer[..want], at) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(error) => {
@@ -754,12 +751,34 @@ impl Tailer {
             };
             budget = budget.saturating_sub(n);
             tracked.last_growth = Instant::now();
-            let chunk = std::mem::take(&mut self.buffer);
-            let (items, offset) = self.split_lines(tracked, &app, &chunk[..n]);
-            self.buffer = chunk;
-            self.send_lines(items, tracked, &tracked.file, offset)?;
+            let records = tracked
+                .lines
+                .feed(&self.buffer[..n], Instant::now(), now_millis());
+            self.send_records(records, tracked, copy)?;
         }
-        Some(tracked.read_pos < len)
+        Some(())
+    }
+
+    /// Hands records to the batcher with the committed position in the
+    /// tracked file (or `copy`). `None` when the batcher is gone.
+    fn send_records(
+        &self,
+        records: Vec<LogRecord>,
+        tracked: &Tracked,
+        copy: Option<&File>,
+    ) -> Option<()> {
+        let items = records.into_iter().map(Item::Log).collect();
+        let source = copy.unwrap_or(&tracked.file);
+        self.send_lines(items, tracked, source, tracked.lines.committed())
+    }
+
+    /// Sends what the assembler held too long (or all of it, `force`).
+    fn flush(&self, tracked: &mut Tracked, force: bool, copy: Option<&File>) -> Option<()> {
+        let timeout = Duration::from_millis(self.config.partial_line_timeout_ms);
+        let records = tracked
+            .lines
+            .flush(Instant::now(), timeout, force, now_millis());
+        self.send_records(records, tracked, copy)
     }
 
     /// After a copytruncate, the lines written between our last read and
@@ -784,7 +803,7 @@ impl Tailer {
             };
             if path == tracked.path
                 || !metadata.is_file()
-                || metadata.len() <= tracked.read_pos
+                || metadata.len() <= tracked.lines.read_pos()
                 || self.files.contains_key(&(metadata.dev(), metadata.ino()))
             {
                 continue;
@@ -798,29 +817,10 @@ impl Tailer {
             {
                 continue;
             }
-            tracing::info!(copy = %path.display(), from = tracked.read_pos, "reading the end of the truncated file from its copy");
-            let app = self.apps[tracked.app].clone();
-            while tracked.read_pos < metadata.len() {
-                let want = CHUNK.min((metadata.len() - tracked.read_pos) as usize);
-                let n = match copy.read_at(&mut self.buffer[..want], tracked.read_pos) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let chunk = std::mem::take(&mut self.buffer);
-                let (items, offset) = self.split_lines(tracked, &app, &chunk[..n]);
-                self.buffer = chunk;
-                self.send_lines(items, tracked, &copy, offset)?;
-            }
+            tracing::info!(copy = %path.display(), from = tracked.lines.read_pos(), "reading the end of the truncated file from its copy");
+            self.read_from(tracked, Some(&copy), metadata.len(), usize::MAX)?;
             // A last line without newline in the copy is complete now.
-            if !tracked.partial.is_empty() {
-                let line = std::mem::take(&mut tracked.partial);
-                tracked.partial_since = None;
-                let record = make_record(&app, &line, self.config.max_line_bytes);
-                let mut items = Vec::new();
-                let end = tracked.read_pos;
-                let committed = self.hold_or_emit(tracked, &app, Some(record), end, &mut items);
-                self.send_lines(items, tracked, &copy, committed)?;
-            }
+            self.flush(tracked, true, Some(&copy))?;
             break;
         }
         Some(())
@@ -837,155 +837,17 @@ impl Tailer {
         got < len || crc32fast::hash(&prefix) != tracked.key.fingerprint
     }
 
-    /// Splits a chunk read at `tracked.read_pos` into records. Returns the
-    /// records and the position after the last of them.
-    fn split_lines(
-        &mut self,
-        tracked: &mut Tracked,
-        app: &AppLogs,
-        data: &[u8],
-    ) -> (Vec<Item>, u64) {
-        let base = tracked.read_pos;
-        let max = self.config.max_line_bytes;
-        let mut items = Vec::new();
-        let mut committed = tracked.committed;
-        let mut start = 0usize;
-        for newline in memchr::memchr_iter(b'\n', data) {
-            let segment = &data[start..newline];
-            let end = base + newline as u64 + 1;
-            if tracked.cutting {
-                tracked.cutting = false;
-                tracked.committed = end;
-                committed = committed.max(self.hold_or_emit(tracked, app, None, end, &mut items));
-            } else if tracked.partial.is_empty() {
-                let record = make_record(app, segment, max);
-                committed =
-                    committed.max(self.hold_or_emit(tracked, app, Some(record), end, &mut items));
-            } else {
-                tracked.partial.extend_from_slice(segment);
-                let line = std::mem::take(&mut tracked.partial);
-                let record = make_record(app, &line, max);
-                committed =
-                    committed.max(self.hold_or_emit(tracked, app, Some(record), end, &mut items));
-            }
-            start = newline + 1;
-        }
-        let rest = &data[start..];
-        let end_of_chunk = base + data.len() as u64;
-        if tracked.cutting {
-            // Still inside a cut line: its bytes are discarded.
-        } else if !rest.is_empty() {
-            tracked.partial.extend_from_slice(rest);
-            tracked.partial_since.get_or_insert_with(Instant::now);
-            if tracked.partial.len() > max {
-                let line = std::mem::take(&mut tracked.partial);
-                let record = make_record(app, &line, max);
-                tracked.cutting = true;
-                tracked.partial_since = None;
-                committed = committed.max(self.hold_or_emit(
-                    tracked,
-                    app,
-                    Some(record),
-                    end_of_chunk,
-                    &mut items,
-                ));
-            }
-        }
-        if tracked.partial.is_empty() {
-            tracked.partial_since = None;
-        }
-        tracked.read_pos = end_of_chunk;
-        tracked.committed = committed;
-        (items, committed)
-    }
-
-    /// Multiline assembly. Emits finished records into `items`; returns the
-    /// position after the last record emitted (or `tracked.committed`).
-    fn hold_or_emit(
-        &self,
-        tracked: &mut Tracked,
-        app: &AppLogs,
-        record: Option<LogRecord>,
-        end: u64,
-        items: &mut Vec<Item>,
-    ) -> u64 {
-        let Some(record) = record else {
-            // A cut line's remainder ended: nothing new to emit.
-            return match &tracked.pending {
-                Some(_) => tracked.committed,
-                None => end,
-            };
-        };
-        if app.multiline == Multiline::None {
-            items.push(Item::Log(record));
-            return end;
-        }
-        let continues = record.message.starts_with([' ', '\t']);
-        match tracked.pending.as_mut() {
-            Some((pending, pending_end)) if continues => {
-                pending.message.push('\n');
-                pending.message.push_str(&record.message);
-                *pending_end = end;
-                tracked.committed
-            }
-            _ => {
-                let mut committed = tracked.committed;
-                if let Some((finished, finished_end)) = tracked.pending.take() {
-                    items.push(Item::Log(finished));
-                    committed = finished_end;
-                }
-                tracked.pending = Some((record, end));
-                tracked.pending_since = Some(Instant::now());
-                committed
-            }
-        }
-    }
-
-    /// Sends a held multiline record (on timeout, or `force`).
-    fn flush_pending(&self, tracked: &mut Tracked, force: bool) -> Option<()> {
-        let due = tracked.pending_since.is_some_and(|since| {
-            since.elapsed() >= Duration::from_millis(self.config.partial_line_timeout_ms)
-        });
-        if !(force || due) {
-            return Some(());
-        }
-        if let Some((record, end)) = tracked.pending.take() {
-            tracked.pending_since = None;
-            tracked.committed = tracked.committed.max(end);
-            self.send_lines(vec![Item::Log(record)], tracked, &tracked.file, end)?;
-        }
-        Some(())
-    }
-
     /// Sends partial lines and multiline records that waited too long.
+    /// `false` when the batcher is gone.
     fn flush_timed_out(&mut self) -> bool {
-        let timeout = Duration::from_millis(self.config.partial_line_timeout_ms);
         let ids: Vec<(u64, u64)> = self.files.keys().copied().collect();
         for id in ids {
             let Some(mut tracked) = self.files.remove(&id) else {
                 continue;
             };
-            let app = self.apps[tracked.app].clone();
-            let mut ok = true;
-            if tracked
-                .partial_since
-                .is_some_and(|since| since.elapsed() >= timeout)
-            {
-                let line = std::mem::take(&mut tracked.partial);
-                tracked.partial_since = None;
-                let record = make_record(&app, &line, self.config.max_line_bytes);
-                let mut items = Vec::new();
-                let end = tracked.read_pos;
-                let committed =
-                    self.hold_or_emit(&mut tracked, &app, Some(record), end, &mut items);
-                tracked.committed = tracked.committed.max(committed);
-                ok = self
-                    .send_lines(items, &tracked, &tracked.file, tracked.committed)
-                    .is_some();
-            }
-            ok = ok && self.flush_pending(&mut tracked, false).is_some();
+            let sent = self.flush(&mut tracked, false, None);
             self.files.insert(id, tracked);
-            if !ok {
+            if sent.is_none() {
                 return false;
             }
         }
@@ -1007,7 +869,7 @@ impl Tailer {
             };
             let Some(since) = gone_since else { return true };
             let quiet = now.duration_since(tracked.last_growth.max(since)) >= RELEASE_AFTER;
-            let at_end = tracked.partial.is_empty() && tracked.pending.is_none();
+            let at_end = tracked.lines.is_idle();
             if quiet && at_end {
                 tracing::info!(path = %tracked.path.display(), "released log file (rotated or deleted, read to its end)");
                 released.push(tracked.key);
@@ -1142,36 +1004,6 @@ fn compressed_copy(path: &Path) -> Option<PathBuf> {
         .find(|p| is_compressed(p) && is_rotation_of(p, path))
 }
 
-/// `message` cut to at most `max` bytes, on a character boundary, and
-/// marked `…[truncated]`, if it is longer.
-pub fn cut_message(message: String, max: usize) -> String {
-    o1_common::text::cut(message, max)
-}
-
-/// A record from a line's bytes: CR stripped, invalid UTF-8 replaced, cut
-/// at `max` bytes with a mark, level detected.
-fn make_record(app: &AppLogs, bytes: &[u8], max: usize) -> LogRecord {
-    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-    // Lossy conversion can make the text longer than the bytes (an
-    // invalid byte becomes a 3-byte U+FFFD): cut the text, not the bytes.
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
-    let message = if bytes.len() > max && text.len() <= max {
-        // Cut in the bytes already: mark it.
-        let mut text = text;
-        text.push_str(TRUNCATED_MARK);
-        text
-    } else {
-        o1_common::text::cut(text, max)
-    };
-    LogRecord {
-        application: app.name.clone(),
-        timestamp_ms: now_millis(),
-        level: detect_level(&message),
-        message,
-        deployment_id: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1190,35 +1022,5 @@ mod tests {
             watch_target("/srv/*/logs/x.log"),
             (PathBuf::from("/srv"), true)
         );
-    }
-
-    #[test]
-    fn records_are_cut_and_cleaned() {
-        let app = AppLogs {
-            name: "a".into(),
-            patterns: vec![],
-            multiline: Multiline::None,
-            follow_symlinks: false,
-        };
-        let record = make_record(&app, b"ERROR bad \xff byte\r", 1000);
-        assert_eq!(record.message, "ERROR bad \u{fffd} byte");
-        assert_eq!(record.level, o1_common::Level::Error);
-        let long = vec![b'x'; 100];
-        let record = make_record(&app, &long, 64);
-        assert_eq!(
-            record.message,
-            format!("{}{TRUNCATED_MARK}", "x".repeat(64))
-        );
-        // Invalid bytes grow three-fold as U+FFFD: cut on a character
-        // boundary, never a panic.
-        for len in [10, 63, 64, 65, 30_000] {
-            let record = make_record(&app, &vec![0xff; len], 64);
-            assert!(record.message.len() <= 64 + TRUNCATED_MARK.len(), "{len}");
-            assert_eq!(
-                record.message.ends_with(TRUNCATED_MARK),
-                len * 3 > 64,
-                "{len}"
-            );
-        }
     }
 }

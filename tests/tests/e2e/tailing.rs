@@ -634,3 +634,45 @@ async fn indented_lines_join_the_record_before_them() {
     let second = client.recv_json(T).await.unwrap();
     assert_eq!(second["message"], "line 00000001 next");
 }
+
+/// 30,000 bytes of 0xFF on one line, with the default `max_line_bytes`:
+/// lossy conversion makes them three times longer as text. The line is
+/// cut on a character boundary and marked, and the agent keeps tailing
+/// (this once panicked the tailer thread while the agent ran on).
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_thousand_invalid_bytes_are_cut_and_tailing_goes_on() {
+    let s = setup();
+    let log = s.log_dir.join("app.log");
+    std::fs::write(&log, "").unwrap();
+    let (_agent, _, mut client) = s.agent_and_subscriber(&agent_config(&log, "")).await;
+    let mut line = b"line 00000000 ".to_vec();
+    line.extend(std::iter::repeat_n(0xff, 30_000));
+    line.push(b'\n');
+    line.extend_from_slice(b"line 00000001 after the invalid one\n");
+    let mut file = OpenOptions::new().append(true).open(&log).unwrap();
+    file.write_all(&line).unwrap();
+    let seen = client
+        .recv_until(T, |m| line_number(m) == Some(1))
+        .await
+        .unwrap();
+    let lines: Vec<&str> = seen
+        .iter()
+        .filter(|m| m["type"] == "log")
+        .filter_map(|m| m["message"].as_str())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "{:?}",
+        lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+    );
+    assert!(lines[0].starts_with("line 00000000 \u{fffd}"));
+    assert!(lines[0].ends_with("…[truncated]"));
+    assert_eq!(lines[1], "line 00000001 after the invalid one");
+    // Still tailing.
+    file.write_all(b"line 00000002 still here\n").unwrap();
+    client
+        .recv_until(T, |m| line_number(m) == Some(2))
+        .await
+        .unwrap();
+}
