@@ -72,6 +72,9 @@ impl LogFilter {
     }
 }
 
+// A selection is a bit set in a u8.
+const _: () = assert!(MetricName::ALL.len() <= 8);
+
 /// What a `subscribe-metrics` subscription wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MetricSelection {
@@ -79,7 +82,11 @@ pub struct MetricSelection {
 }
 
 impl MetricSelection {
-    pub const ALL: MetricSelection = MetricSelection { bits: 0b1111 };
+    /// How many different selections there are: one bit per metric name.
+    pub const COUNT: usize = 1 << MetricName::ALL.len();
+    pub const ALL: MetricSelection = MetricSelection {
+        bits: (Self::COUNT - 1) as u8,
+    };
 
     /// `None` (the field absent) selects all metrics. Duplicates are fine.
     pub fn from_names(names: Option<&[MetricName]>) -> Self {
@@ -91,20 +98,18 @@ impl MetricSelection {
         }
     }
 
+    /// One bit per name, by its place in [`MetricName::ALL`] (the enum's
+    /// declaration order).
     fn bit(name: MetricName) -> u8 {
-        match name {
-            MetricName::Cpu => 1,
-            MetricName::Memory => 2,
-            MetricName::Disk => 4,
-            MetricName::Network => 8,
-        }
+        1 << name as u8
     }
 
     pub fn contains(self, name: MetricName) -> bool {
         self.bits & Self::bit(name) != 0
     }
 
-    /// A dense index 0..16, to cache one serialization per selection.
+    /// A dense index in `0..COUNT`, to cache one serialization per
+    /// selection.
     pub fn index(self) -> usize {
         usize::from(self.bits)
     }
@@ -163,6 +168,29 @@ pub fn contains_case_insensitive(haystack: &str, needle_lower: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_selection_has_its_own_index_below_count() {
+        for (place, name) in MetricName::ALL.into_iter().enumerate() {
+            assert_eq!(name as usize, place, "ALL is in declaration order");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for mask in 0..MetricSelection::COUNT {
+            let names: Vec<MetricName> = MetricName::ALL
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, n)| n)
+                .collect();
+            let selection = MetricSelection::from_names(Some(&names));
+            assert!(selection.index() < MetricSelection::COUNT);
+            assert!(seen.insert(selection.index()));
+            for name in MetricName::ALL {
+                assert_eq!(selection.contains(name), names.contains(&name));
+            }
+        }
+        assert_eq!(MetricSelection::from_names(None), MetricSelection::ALL);
+    }
 
     fn logs(
         host: Option<&str>,

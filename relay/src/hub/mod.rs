@@ -797,7 +797,7 @@ impl Hub {
             source.latest_metric = Some(full.clone());
             (source.host.clone(), source.application.clone())
         };
-        let mut by_selection: [Option<Bytes>; 16] = Default::default();
+        let mut by_selection: [Option<Bytes>; MetricSelection::COUNT] = Default::default();
         index
             .metrics
             .for_each_candidate(host, &sample.application, |subscription| {
