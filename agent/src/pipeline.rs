@@ -82,9 +82,14 @@ pub fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
     spool.lock()
 }
 
-/// What the batcher holds for the batch it is filling.
+/// The batching policy, without I/O: events in, whole batches out. A
+/// batch closes at `max_items` items or `max_bytes` bytes of messages
+/// ([`Batcher::full`]), or when its first item is `max_age` old
+/// ([`Batcher::deadline`]). It carries the file positions, journal cursors
+/// and releases its items reach, for the checkpoint.
 #[derive(Debug, Default)]
-struct Filling {
+pub struct Batcher {
+    limits: BatchLimits,
     items: Vec<Item>,
     bytes: usize,
     opened_at: Option<Instant>,
@@ -98,8 +103,43 @@ struct Filling {
     files: HashMap<FileKey, (String, String)>,
 }
 
-impl Filling {
-    fn add(&mut self, event: Event) {
+/// When a batch closes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchLimits {
+    pub max_items: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+}
+
+impl From<&BatchConfig> for BatchLimits {
+    fn from(config: &BatchConfig) -> Self {
+        BatchLimits {
+            max_items: config.max_items,
+            max_bytes: config.max_bytes,
+            max_age: Duration::from_millis(config.max_age_ms),
+        }
+    }
+}
+
+impl Batcher {
+    pub fn new(limits: BatchLimits) -> Self {
+        Batcher {
+            limits,
+            ..Batcher::default()
+        }
+    }
+
+    /// The batch must close now: at its item or byte limit.
+    pub fn full(&self) -> bool {
+        self.items.len() >= self.limits.max_items || self.bytes >= self.limits.max_bytes
+    }
+
+    /// When the open batch must close at the latest (`None`: none open).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.opened_at.map(|at| at + self.limits.max_age)
+    }
+
+    pub fn add(&mut self, event: Event, now: Instant) {
         match event {
             Event::Lines {
                 items,
@@ -139,12 +179,15 @@ impl Filling {
                 self.items.extend(more);
             }
         }
-        self.opened_at.get_or_insert_with(Instant::now);
+        self.opened_at.get_or_insert(now);
     }
 
     /// The batch's items and the positions they reach (releases last),
-    /// leaving the batcher empty.
-    fn take(&mut self) -> (Vec<Item>, Positions) {
+    /// leaving the batcher empty; `None` when there is nothing to send.
+    pub fn take(&mut self) -> Option<(Vec<Item>, Positions)> {
+        if self.is_empty() {
+            return None;
+        }
         let mut offsets: Vec<FileOffset> = self
             .positions
             .drain()
@@ -172,7 +215,7 @@ impl Filling {
             files: offsets,
             journals: self.journals.drain().collect(),
         };
-        (std::mem::take(&mut self.items), positions)
+        Some((std::mem::take(&mut self.items), positions))
     }
 
     fn is_empty(&self) -> bool {
@@ -188,13 +231,11 @@ pub fn run_batcher(
     limits: BatchConfig,
     stats: Arc<AgentStats>,
 ) {
-    let max_age = Duration::from_millis(limits.max_age_ms);
-    let mut filling = Filling::default();
-    let flush = |filling: &mut Filling| {
-        if filling.is_empty() {
+    let mut batcher = Batcher::new(BatchLimits::from(&limits));
+    let flush = |batcher: &mut Batcher| {
+        let Some((batch, positions)) = batcher.take() else {
             return;
-        }
-        let (batch, positions) = filling.take();
+        };
         let count = batch.len() as u64;
         let result = lock(&spool).append_batch(batch, positions);
         match result {
@@ -207,20 +248,20 @@ pub fn run_batcher(
         }
     };
     loop {
-        let timeout = match filling.opened_at {
-            Some(at) => max_age.saturating_sub(at.elapsed()),
+        let timeout = match batcher.deadline() {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
             None => Duration::from_secs(3600),
         };
         match events.recv_timeout(timeout) {
             Ok(event) => {
-                filling.add(event);
-                if filling.items.len() >= limits.max_items || filling.bytes >= limits.max_bytes {
-                    flush(&mut filling);
+                batcher.add(event, Instant::now());
+                if batcher.full() {
+                    flush(&mut batcher);
                 }
             }
-            Err(RecvTimeoutError::Timeout) => flush(&mut filling),
+            Err(RecvTimeoutError::Timeout) => flush(&mut batcher),
             Err(RecvTimeoutError::Disconnected) => {
-                flush(&mut filling);
+                flush(&mut batcher);
                 return;
             }
         }
@@ -487,5 +528,123 @@ pub fn write_checkpoint(
             state.dirty = true;
             state.offsets_dirty = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use o1_common::Level;
+    use o1_common::wire::LogRecord;
+
+    fn key(inode: u64, generation: u64) -> FileKey {
+        FileKey {
+            device: 1,
+            inode,
+            fingerprint: 0,
+            fingerprint_len: 0,
+            born_ns: None,
+            generation,
+        }
+    }
+
+    fn lines(n: usize, inode: u64, generation: u64, offset: u64) -> Event {
+        let items = (0..n)
+            .map(|i| {
+                Item::Log(LogRecord {
+                    application: "app".into(),
+                    timestamp_ms: 0,
+                    level: Level::Info,
+                    message: format!("line {i}"),
+                    deployment_id: None,
+                })
+            })
+            .collect();
+        Event::Lines {
+            items,
+            key: key(inode, generation),
+            position: Position {
+                offset,
+                ..Position::default()
+            },
+        }
+    }
+
+    #[test]
+    fn batches_close_on_items_bytes_or_age() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let limits = BatchLimits {
+            max_items: 10,
+            max_bytes: 1_000,
+            max_age: ms(20),
+        };
+        // (events of n lines, full after?)
+        let table: &[(&[usize], bool)] = &[
+            (&[3], false),
+            (&[3, 6], false),
+            (&[3, 7], true),
+            (&[12], true),
+        ];
+        for (sizes, full) in table {
+            let mut batcher = Batcher::new(limits);
+            assert_eq!(batcher.deadline(), None);
+            for (i, n) in sizes.iter().enumerate() {
+                batcher.add(lines(*n, 1, 0, 10 * i as u64), start + ms(i as u64));
+            }
+            assert_eq!(batcher.full(), *full, "{sizes:?}");
+            // The age counts from the first item.
+            assert_eq!(batcher.deadline(), Some(start + ms(20)));
+        }
+        let mut batcher = Batcher::new(limits);
+        let long = Event::Items(vec![Item::Log(LogRecord {
+            application: "a".into(),
+            timestamp_ms: 0,
+            level: Level::Info,
+            message: "x".repeat(2_000),
+            deployment_id: None,
+        })]);
+        batcher.add(long, start);
+        assert!(batcher.full(), "bytes");
+        assert!(batcher.take().is_some());
+        assert!(batcher.take().is_none());
+        assert_eq!(batcher.deadline(), None);
+    }
+
+    #[test]
+    fn a_batch_carries_the_furthest_position_per_file_and_releases_last() {
+        let now = Instant::now();
+        let mut batcher = Batcher::new(BatchLimits {
+            max_items: 100,
+            max_bytes: 100_000,
+            max_age: Duration::from_millis(20),
+        });
+        batcher.add(
+            Event::FilePath {
+                key: key(7, 0),
+                path: "/var/log/a.log".into(),
+                application: "app".into(),
+            },
+            now,
+        );
+        assert!(batcher.take().is_none(), "a path alone is no batch");
+        batcher.add(lines(1, 7, 0, 100), now);
+        batcher.add(lines(1, 7, 0, 50), now);
+        batcher.add(lines(1, 8, 0, 10), now);
+        // Same inode, new identity (copytruncate): the new key wins.
+        batcher.add(lines(1, 8, 1, 5), now);
+        batcher.add(Event::Released { key: key(9, 0) }, now);
+        let (items, positions) = batcher.take().unwrap();
+        assert_eq!(items.len(), 4);
+        let mut files: Vec<(u64, u64, u64, bool)> = positions
+            .files
+            .iter()
+            .map(|f| (f.key.inode, f.key.generation, f.offset, f.released))
+            .collect();
+        assert_eq!(files.pop(), Some((9, 0, 0, true)), "releases come last");
+        files.sort_unstable();
+        assert_eq!(files, [(7, 0, 100, false), (8, 1, 5, false)]);
+        let a = positions.files.iter().find(|f| f.key.inode == 7).unwrap();
+        assert_eq!(a.path, "/var/log/a.log");
     }
 }
