@@ -133,6 +133,6 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
     }
     shutdown.cancelled().await;
     let _ = agent_task.await;
-    relay.await.context("relay task")??;
+    relay.await.context("relay task")?;
     Ok(())
 }

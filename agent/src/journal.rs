@@ -27,7 +27,6 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
@@ -35,6 +34,7 @@ use o1_common::Level;
 use o1_common::wire::{Item, LogRecord};
 use serde::Deserialize;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{JournalConfig, StartAt, parse_priority};
@@ -121,21 +121,18 @@ impl JournalSource {
     }
 
     /// Whether the journal this source reads exists on this host.
-    fn available(&self) -> Result<(), String> {
+    fn available(&self) -> Result<(), Unavailable> {
         match &self.directory {
-            Some(directory) if !directory.is_dir() => Err(format!(
-                "the journal directory {} does not exist",
-                directory.display()
-            )),
+            Some(directory) if !directory.is_dir() => {
+                Err(Unavailable::NoDirectory(directory.clone()))
+            }
             Some(_) => Ok(()),
             None if Path::new("/run/log/journal").is_dir()
                 || Path::new("/var/log/journal").is_dir() =>
             {
                 Ok(())
             }
-            None => {
-                Err("no /run/log/journal or /var/log/journal: journald is not running here".into())
-            }
+            None => Err(Unavailable::NoJournald),
         }
     }
 
@@ -240,24 +237,44 @@ struct Entry {
     identifier: Option<String>,
 }
 
-/// Stops a reader: sets its flag and ends its journalctl.
-#[derive(Debug, Clone, Default)]
+/// Why a journal cannot be read here.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("the journal directory {} does not exist", .0.display())]
+    NoDirectory(PathBuf),
+    #[error("no /run/log/journal or /var/log/journal: journald is not running here")]
+    NoJournald,
+}
+
+/// How a reader is stopped: the agent's shutdown token, and the running
+/// journalctl, ended when the token is cancelled (its output is what the
+/// reader's thread is blocked on).
+#[derive(Debug, Clone)]
 pub struct StopHandle {
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     child: Arc<Mutex<Option<Child>>>,
 }
 
 impl StopHandle {
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut child = self.child.lock();
-        if let Some(child) = child.as_mut() {
-            let _ = child.kill();
-        }
+    /// Stops with `stop`; must be made within the runtime (a task ends
+    /// journalctl on cancellation).
+    pub fn new(stop: CancellationToken) -> Self {
+        let handle = StopHandle {
+            stop,
+            child: Arc::default(),
+        };
+        let on_stop = handle.clone();
+        tokio::spawn(async move {
+            on_stop.stop.cancelled().await;
+            if let Some(child) = on_stop.child.lock().as_mut() {
+                let _ = child.kill();
+            }
+        });
+        handle
     }
 
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.stop.is_cancelled()
     }
 }
 
@@ -280,6 +297,7 @@ impl JournalReader {
         let app = self.source.application.clone();
         while !self.handle.stopped() {
             if let Err(why) = self.source.available() {
+                let why = why.to_string();
                 if said != why {
                     tracing::warn!(application = %app, reason = %why, "journald is not available; this application's journal is not read (retrying quietly)");
                     said = why;

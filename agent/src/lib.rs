@@ -25,10 +25,9 @@ pub mod uplink;
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::Context;
 use o1_common::wire::Item;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -43,8 +42,32 @@ use crate::uplink::UplinkSettings;
 /// How often acknowledged positions are written to the checkpoint.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Why the agent cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create the state directory {path} (state_dir): {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the agent id {path}: {source}")]
+    AgentId {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the spool in {path}: {source}")]
+    Spool {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start metrics sampling: {0}")]
+    Metrics(#[from] sysinfo::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// The agent's stable id, made on first start and kept in the state dir.
-pub fn agent_id(state_dir: &Path) -> anyhow::Result<String> {
+pub fn agent_id(state_dir: &Path) -> Result<String, AgentError> {
     let path = state_dir.join("agent-id");
     if let Ok(id) = std::fs::read_to_string(&path) {
         let id = id.trim();
@@ -55,7 +78,7 @@ pub fn agent_id(state_dir: &Path) -> anyhow::Result<String> {
     let bytes: [u8; 16] = rand::random();
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     checkpoint::write_atomically(&path, id.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .map_err(|source| AgentError::AgentId { path, source })?;
     Ok(id)
 }
 
@@ -75,13 +98,16 @@ pub fn uplink_settings(config: &AgentConfig, agent_id: String) -> UplinkSettings
 }
 
 /// Runs the agent until `shutdown`, then flushes and returns.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+///
+/// Stopping: the producers (tailer, journal readers, metrics) all watch
+/// `shutdown`. The shipping side (sender, checkpointer) has its own token,
+/// cancelled only once the producers have drained into the spool, so what
+/// was read before the stop is spooled, and sent if the relay is there.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let state_dir = config.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).with_context(|| {
-        format!(
-            "cannot create the state directory {} (state_dir)",
-            state_dir.display()
-        )
+    std::fs::create_dir_all(&state_dir).map_err(|source| AgentError::StateDir {
+        path: state_dir.clone(),
+        source,
     })?;
     // Private: the spool holds log lines, the checkpoint file paths.
     {
@@ -110,8 +136,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         max_frame: o1_common::wire::DEFAULT_MAX_FRAME,
     };
     let (spool, recovery) =
-        Spool::open(&state_dir.join("spool"), limits, checkpoint.acked_sequence)
-            .with_context(|| format!("cannot open the spool in {}", state_dir.display()))?;
+        Spool::open(&state_dir.join("spool"), limits, checkpoint.acked_sequence).map_err(
+            |source| AgentError::Spool {
+                path: state_dir.clone(),
+                source,
+            },
+        )?;
     if recovery.truncated_bytes > 0 {
         tracing::warn!(
             cut_bytes = recovery.truncated_bytes,
@@ -148,10 +178,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         );
         std::thread::Builder::new()
             .name("o1-batcher".into())
-            .spawn(move || pipeline::run_batcher(receiver, spool, spooled, limits, stats))?
+            .spawn(move || pipeline::run_batcher(receiver, spool, spooled, limits, stats))
+            .map_err(AgentError::Thread)?
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut metrics_stop: Option<std::sync::mpsc::Sender<()>> = None;
     let mut threads = Vec::new();
     let apps: Vec<AppLogs> = config
         .applications
@@ -173,14 +202,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             first_run,
             events.clone(),
         );
-        let stop = stop.clone();
+        let stop = shutdown.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("o1-tailer".into())
-                .spawn(move || tailer.run(stop))?,
+                .spawn(move || tailer.run(stop))
+                .map_err(AgentError::Thread)?,
         );
     }
-    let mut journals = Vec::new();
     for app in &config.applications {
         let Some(journal) = &app.journal else {
             continue;
@@ -190,34 +219,35 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             cursor: resume.journals.get(&app.name).cloned(),
             start_at: config.logs.start_at,
             events: events.clone(),
-            handle: journal::StopHandle::default(),
+            handle: journal::StopHandle::new(shutdown.clone()),
         };
-        journals.push(reader.handle.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("o1-journal-{}", app.name))
-                .spawn(move || reader.run())?,
+                .spawn(move || reader.run())
+                .map_err(AgentError::Thread)?,
         );
     }
+    let mut metrics_task = None;
     if config.metrics.enabled {
         let sampler = metrics::Sampler::new(
             &config.metrics.disk_path,
             &config.applications,
             Duration::from_secs(config.metrics.discovery_interval_secs),
-        )
-        .map_err(|e| anyhow::anyhow!("cannot start metrics sampling: {e}"))?;
+        )?;
         let (events, stats, interval) = (events.clone(), stats.clone(), config.interval());
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        metrics_stop = Some(stop_tx);
-        threads.push(
-            std::thread::Builder::new()
-                .name("o1-metrics".into())
-                .spawn(move || sample_metrics(sampler, interval, events, stop_rx, stats))?,
-        );
+        metrics_task = Some(tokio::spawn(sample_metrics(
+            sampler,
+            interval,
+            events,
+            shutdown.clone(),
+            stats,
+        )));
     }
     drop(events);
 
-    let sender_shutdown = CancellationToken::new();
+    // The shipping side stops after the producers (see above).
+    let shipping = CancellationToken::new();
     let sender = tokio::spawn(pipeline::run_sender(
         pipeline::Sender {
             settings: uplink_settings(&config, agent_id),
@@ -232,25 +262,22 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             ),
             stats: stats.clone(),
         },
-        sender_shutdown.clone(),
+        shipping.clone(),
     ));
-    let checkpointer_shutdown = CancellationToken::new();
     let checkpointer = tokio::spawn(pipeline::run_checkpointer(
         checkpoint_path.clone(),
         spool.clone(),
         acked.clone(),
         acked_notify.clone(),
         CHECKPOINT_INTERVAL,
-        checkpointer_shutdown.clone(),
+        shipping.clone(),
     ));
 
     shutdown.cancelled().await;
     tracing::info!("o1-agent stopping");
-    stop.store(true, Ordering::Relaxed);
-    for journal in &journals {
-        journal.stop();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
     }
-    drop(metrics_stop);
     let _ = tokio::task::spawn_blocking(move || {
         for thread in threads {
             let _ = thread.join();
@@ -258,9 +285,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         let _ = batcher.join();
     })
     .await;
-    sender_shutdown.cancel();
+    shipping.cancel();
     let _ = sender.await;
-    checkpointer_shutdown.cancel();
     let _ = checkpointer.await;
     pipeline::write_checkpoint(&checkpoint_path, &spool, &acked, true);
     if let Err(error) = pipeline::lock(&spool).maybe_sync() {
@@ -269,29 +295,38 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     Ok(())
 }
 
-fn sample_metrics(
+/// Samples every `interval` until `stop`. Sampling reads /proc, so it
+/// runs on a blocking thread.
+async fn sample_metrics(
     mut sampler: metrics::Sampler,
     interval: Duration,
     events: std::sync::mpsc::SyncSender<Event>,
-    stop: std::sync::mpsc::Receiver<()>,
+    stop: CancellationToken,
     stats: Arc<AgentStats>,
 ) {
     // CPU usage needs two readings at least this far apart.
-    let mut next = std::time::Instant::now()
+    let mut next = tokio::time::Instant::now()
         + sysinfo::MINIMUM_CPU_UPDATE_INTERVAL.max(Duration::from_millis(250));
     loop {
-        // One wake-up per interval: sleep on the stop channel.
-        let wait = next.saturating_duration_since(std::time::Instant::now());
-        match stop.recv_timeout(wait) {
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return,
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
         }
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         next += interval;
         if next < now {
             next = now + interval;
         }
-        let samples: Vec<Item> = sampler.sample().into_iter().map(Item::Metric).collect();
+        let sampled = tokio::task::spawn_blocking(move || {
+            let samples = sampler.sample();
+            (sampler, samples)
+        })
+        .await;
+        let Ok((back, samples)) = sampled else {
+            return;
+        };
+        sampler = back;
+        let samples: Vec<Item> = samples.into_iter().map(Item::Metric).collect();
         match events.try_send(Event::Items(samples)) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Full(_)) => {

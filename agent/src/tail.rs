@@ -21,13 +21,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
 use o1_common::Timestamp;
 use o1_common::wire::{Item, LogRecord};
+use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{FINGERPRINT_BYTES, FileKey, FileOffset, GUARD_BYTES, Resume};
 use crate::config::{LogsConfig, Multiline, StartAt, WatchMode};
@@ -152,8 +151,8 @@ impl Tailer {
         }
     }
 
-    /// Runs until `stop` is set or the batcher is gone.
-    pub fn run(mut self, stop: Arc<AtomicBool>) {
+    /// Runs until `stop` is cancelled (then drains) or the batcher is gone.
+    pub fn run(mut self, stop: CancellationToken) {
         let (wake_tx, wake_rx) = std::sync::mpsc::channel::<Wake>();
         let mut watcher = None;
         let mut watched: HashSet<PathBuf> = HashSet::new();
@@ -188,7 +187,7 @@ impl Tailer {
         let mut last_scan = Instant::now();
         let mut initial = true;
         let mut rescan = true;
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.is_cancelled() {
             if rescan {
                 if let Some(watcher) = watcher.as_mut() {
                     self.ensure_watches(watcher, &mut watched);

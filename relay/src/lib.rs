@@ -125,26 +125,43 @@ impl Listeners {
     }
 }
 
+/// Why the relay cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {address} (http.listen): {source}")]
+    Http {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("uplink TLS (uplink.cert / uplink.key; `o1-relay certs` makes them): {0}")]
+    Tls(#[from] ingest::TlsSetupError),
+    #[error("cannot listen on udp {address} (uplink.listen): {source}")]
+    Uplink {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 /// Binds the HTTP listener and, when `with_uplink`, the QUIC endpoint.
-pub async fn bind(config: &RelayConfig, with_uplink: bool) -> anyhow::Result<Listeners> {
-    use anyhow::Context;
+pub async fn bind(config: &RelayConfig, with_uplink: bool) -> Result<Listeners, BindError> {
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+        .map_err(|source| BindError::Http {
+            address: config.http.listen,
+            source,
+        })?;
     let uplink = if with_uplink {
         let server = ingest::server_config(
             &config.uplink.cert,
             &config.uplink.key,
             Duration::from_secs(config.uplink.idle_timeout_secs),
-        )
-        .context("uplink TLS (uplink.cert / uplink.key); `o1-relay certs` makes them")?;
-        let endpoint =
-            quinn::Endpoint::server(server, config.uplink.listen).with_context(|| {
-                format!(
-                    "cannot listen on udp {} (uplink.listen)",
-                    config.uplink.listen
-                )
-            })?;
+        )?;
+        let endpoint = quinn::Endpoint::server(server, config.uplink.listen).map_err(|source| {
+            BindError::Uplink {
+                address: config.uplink.listen,
+                source,
+            }
+        })?;
         Some(endpoint)
     } else {
         None
@@ -155,7 +172,7 @@ pub async fn bind(config: &RelayConfig, with_uplink: bool) -> anyhow::Result<Lis
 /// Serves until `shutdown` is cancelled, then drains: WebSocket clients get
 /// a 1001 close, agents a QUIC close, and the call returns once every task
 /// ended or `shutdown.grace_secs` passed.
-pub async fn run(state: AppState, listeners: Listeners) -> anyhow::Result<()> {
+pub async fn run(state: AppState, listeners: Listeners) {
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
     let grace = Duration::from_secs(state.config.shutdown.grace_secs);
@@ -217,5 +234,4 @@ pub async fn run(state: AppState, listeners: Listeners) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("grace period over; exiting with connections still open");
     }
-    Ok(())
 }

@@ -143,13 +143,8 @@ fn serve(config_path: &std::path::Path, overrides: &[String], with_uplink: bool)
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone());
         let state = AppState::new(config, shutdown);
-        match run(state, listeners).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("o1-relay: {e:#}");
-                ExitCode::FAILURE
-            }
-        }
+        run(state, listeners).await;
+        ExitCode::SUCCESS
     })
 }
 

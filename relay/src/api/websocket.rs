@@ -173,21 +173,15 @@ impl ConnectionGate {
         self.open() >= self.max_total
     }
 
-    fn try_acquire(self: &Arc<Self>, address: IpAddr) -> Result<GatePermit, String> {
+    fn try_acquire(self: &Arc<Self>, address: IpAddr) -> Result<GatePermit, GateFull> {
         let address = client_key(address);
         let mut per_address = self.per_address.lock();
         if self.total.load(Ordering::Relaxed) >= self.max_total {
-            return Err(format!(
-                "Too many connections: the relay's limit of {} is reached",
-                self.max_total
-            ));
+            return Err(GateFull::Total(self.max_total));
         }
         let held = per_address.entry(address).or_insert_with(|| self.held());
         if held.connections >= self.max_per_address {
-            return Err(format!(
-                "Too many connections from {address}: the limit is {} per address",
-                self.max_per_address
-            ));
+            return Err(GateFull::PerAddress(address, self.max_per_address));
         }
         held.connections += 1;
         let bytes = held.bytes.clone();
@@ -199,6 +193,15 @@ impl ConnectionGate {
             bytes,
         })
     }
+}
+
+/// Why a connection is refused (told to the client in `connection_failed`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GateFull {
+    #[error("Too many connections: the relay's limit of {0} is reached")]
+    Total(usize),
+    #[error("Too many connections from {0}: the limit is {1} per address")]
+    PerAddress(IpAddr, usize),
 }
 
 impl GatePermit {
@@ -262,7 +265,7 @@ pub async fn upgrade(
         tracker.track_future(async move {
             match permit {
                 Ok(permit) => serve(socket, state, peer, permit).await,
-                Err(reason) => refuse(socket, &state, reason).await,
+                Err(full) => refuse(socket, &state, full.to_string()).await,
             }
         })
     })
