@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// Run a relay and an agent for this machine, with no config and no
 /// external service.
@@ -32,16 +31,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    o1_runtime::init_tracing();
+    let runtime = match o1_runtime::runtime(true) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("o1: cannot start the runtime: {e}");
@@ -55,23 +46,7 @@ fn main() -> ExitCode {
         heartbeat_secs: cli.heartbeat_secs,
     };
     runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let on_signal = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            on_signal.cancel();
-        });
+        let shutdown = o1_runtime::stop_on_signals();
         match demo::demo(options, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -284,9 +284,7 @@ fn default_multiline() -> Multiline {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
-    Override(#[from] o1_common::config::OverrideError),
-    #[error("{0}")]
-    Load(Box<figment::Error>),
+    Load(#[from] o1_runtime::LoadError),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: String, message: String },
 }
@@ -304,11 +302,7 @@ impl AgentConfig {
         required: bool,
         overrides: &[String],
     ) -> Result<Self, ConfigError> {
-        // An absent file that is not required is no layer at all.
-        let path = path.filter(|path| required || path.exists());
-        let config: AgentConfig = o1_common::config::layers(path, "O1_AGENT__", overrides)?
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        let config: AgentConfig = o1_runtime::load_config(path, required, "O1_AGENT__", overrides)?;
         config.validate()?;
         Ok(config)
     }

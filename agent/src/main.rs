@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use o1_agent::config::AgentConfig;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,19 +50,9 @@ enum Command {
     CheckConfig,
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    o1_runtime::init_tracing();
     let explicit = std::env::var_os("O1_AGENT_CONFIG").is_some()
         || cli.config != std::path::Path::new("/etc/o1/agent.toml");
     let config = match AgentConfig::load(Some(&cli.config), explicit, &cli.overrides) {
@@ -73,10 +62,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match o1_runtime::runtime(false) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("o1-agent: cannot start the runtime: {e}");
@@ -96,9 +82,7 @@ fn main() -> ExitCode {
             runtime.block_on(o1_agent::deploy::run(config, id, app, command))
         }
         Some(Command::Run) | None => runtime.block_on(async move {
-            let shutdown = CancellationToken::new();
-            spawn_signal_handler(shutdown.clone());
-            match o1_agent::run(config, shutdown).await {
+            match o1_agent::run(config, o1_runtime::stop_on_signals()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("o1-agent: {e:#}");
@@ -107,22 +91,4 @@ fn main() -> ExitCode {
             }
         }),
     }
-}
-
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        shutdown.cancel();
-    });
 }

@@ -253,9 +253,7 @@ impl Default for ShutdownConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
-    Override(#[from] o1_common::config::OverrideError),
-    #[error("{0}")]
-    Load(Box<figment::Error>),
+    Load(#[from] o1_runtime::LoadError),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -285,11 +283,7 @@ impl RelayConfig {
         required: bool,
         overrides: &[String],
     ) -> Result<Self, ConfigError> {
-        // An absent file that is not required is no layer at all.
-        let path = path.filter(|path| required || path.exists());
-        let config: RelayConfig = o1_common::config::layers(path, "O1_RELAY__", overrides)?
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        let config: RelayConfig = o1_runtime::load_config(path, required, "O1_RELAY__", overrides)?;
         config.validate()?;
         Ok(config)
     }

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use o1_relay::config::RelayConfig;
 use o1_relay::{AppState, bind, run};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,19 +51,9 @@ enum Command {
     HashToken { token: String },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    o1_runtime::init_tracing();
     match cli.command {
         Some(Command::Certs { out, names }) => certs(&out, &names),
         Some(Command::HashToken { token }) => {
@@ -117,9 +106,12 @@ fn serve(config_path: &std::path::Path, overrides: &[String], with_uplink: bool)
             return ExitCode::from(2);
         }
     };
-    let runtime = match runtime() {
+    let runtime = match o1_runtime::runtime(true) {
         Ok(runtime) => runtime,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("o1-relay: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     runtime.block_on(async move {
         let listeners = match bind(&config, with_uplink).await {
@@ -140,38 +132,8 @@ fn serve(config_path: &std::path::Path, overrides: &[String], with_uplink: bool)
         // One line on stdout for scripts and tests; logs go to stderr.
         println!("o1-relay listening http={http} uplink={uplink}");
         tracing::info!(%http, %uplink, "o1-relay listening");
-        let shutdown = CancellationToken::new();
-        spawn_signal_handler(shutdown.clone());
-        let state = AppState::new(config, shutdown);
+        let state = AppState::new(config, o1_runtime::stop_on_signals());
         run(state, listeners).await;
         ExitCode::SUCCESS
     })
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("o1-relay: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        })
-}
-
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-        shutdown.cancel();
-    });
 }
