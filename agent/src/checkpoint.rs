@@ -268,19 +268,25 @@ pub fn store(path: &Path, checkpoint: &Checkpoint) -> std::io::Result<()> {
     write_atomically(path, &json)
 }
 
+/// A key of device 1 for tests.
+#[cfg(test)]
+pub(crate) fn test_key(inode: u64, generation: u64) -> FileKey {
+    FileKey {
+        device: 1,
+        inode,
+        fingerprint: crc32fast::hash(b"head"),
+        fingerprint_len: 4,
+        born_ns: None,
+        generation,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key(inode: u64, generation: u64) -> FileKey {
-        FileKey {
-            device: 1,
-            inode,
-            fingerprint: crc32fast::hash(b"head"),
-            fingerprint_len: 4,
-            born_ns: None,
-            generation,
-        }
+        test_key(inode, generation)
     }
 
     fn files(files: Vec<FileOffset>) -> Positions {

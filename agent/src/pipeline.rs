@@ -89,7 +89,7 @@ pub fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
 /// and releases its items reach, for the checkpoint.
 #[derive(Debug, Default)]
 pub struct Batcher {
-    limits: BatchLimits,
+    limits: BatchConfig,
     items: Vec<Item>,
     bytes: usize,
     opened_at: Option<Instant>,
@@ -103,26 +103,8 @@ pub struct Batcher {
     files: HashMap<FileKey, (String, String)>,
 }
 
-/// When a batch closes.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BatchLimits {
-    pub max_items: usize,
-    pub max_bytes: usize,
-    pub max_age: Duration,
-}
-
-impl From<&BatchConfig> for BatchLimits {
-    fn from(config: &BatchConfig) -> Self {
-        BatchLimits {
-            max_items: config.max_items,
-            max_bytes: config.max_bytes,
-            max_age: Duration::from_millis(config.max_age_ms),
-        }
-    }
-}
-
 impl Batcher {
-    pub fn new(limits: BatchLimits) -> Self {
+    pub fn new(limits: BatchConfig) -> Self {
         Batcher {
             limits,
             ..Batcher::default()
@@ -136,7 +118,8 @@ impl Batcher {
 
     /// When the open batch must close at the latest (`None`: none open).
     pub fn deadline(&self) -> Option<Instant> {
-        self.opened_at.map(|at| at + self.limits.max_age)
+        self.opened_at
+            .map(|at| at + Duration::from_millis(self.limits.max_age_ms))
     }
 
     pub fn add(&mut self, event: Event, now: Instant) {
@@ -231,7 +214,7 @@ pub fn run_batcher(
     limits: BatchConfig,
     stats: Arc<AgentStats>,
 ) {
-    let mut batcher = Batcher::new(BatchLimits::from(&limits));
+    let mut batcher = Batcher::new(limits);
     let flush = |batcher: &mut Batcher| {
         let Some((batch, positions)) = batcher.take() else {
             return;
@@ -538,14 +521,7 @@ mod tests {
     use o1_common::wire::LogRecord;
 
     fn key(inode: u64, generation: u64) -> FileKey {
-        FileKey {
-            device: 1,
-            inode,
-            fingerprint: 0,
-            fingerprint_len: 0,
-            born_ns: None,
-            generation,
-        }
+        crate::checkpoint::test_key(inode, generation)
     }
 
     fn lines(n: usize, inode: u64, generation: u64, offset: u64) -> Event {
@@ -574,10 +550,10 @@ mod tests {
     fn batches_close_on_items_bytes_or_age() {
         let start = Instant::now();
         let ms = Duration::from_millis;
-        let limits = BatchLimits {
+        let limits = BatchConfig {
             max_items: 10,
             max_bytes: 1_000,
-            max_age: ms(20),
+            max_age_ms: 20,
         };
         // (events of n lines, full after?)
         let table: &[(&[usize], bool)] = &[
@@ -587,7 +563,7 @@ mod tests {
             (&[12], true),
         ];
         for (sizes, full) in table {
-            let mut batcher = Batcher::new(limits);
+            let mut batcher = Batcher::new(limits.clone());
             assert_eq!(batcher.deadline(), None);
             for (i, n) in sizes.iter().enumerate() {
                 batcher.add(lines(*n, 1, 0, 10 * i as u64), start + ms(i as u64));
@@ -614,10 +590,10 @@ mod tests {
     #[test]
     fn a_batch_carries_the_furthest_position_per_file_and_releases_last() {
         let now = Instant::now();
-        let mut batcher = Batcher::new(BatchLimits {
+        let mut batcher = Batcher::new(BatchConfig {
             max_items: 100,
             max_bytes: 100_000,
-            max_age: Duration::from_millis(20),
+            max_age_ms: 20,
         });
         batcher.add(
             Event::FilePath {

@@ -136,60 +136,11 @@ impl WebSocketConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HistoryConfig {
-    /// Log lines kept per (host, application) for `tail`.
-    pub lines_per_source: usize,
-    /// Bytes of lines kept per (host, application).
-    pub bytes_per_source: usize,
-    /// Longest log line the relay keeps and sends, in bytes; longer lines
-    /// (from an agent or REST) are cut and end with `…[truncated]`.
-    pub max_line_bytes: usize,
-}
+/// `[history]`: the hub's limits, read as they are.
+pub type HistoryConfig = HistoryLimits;
 
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        let limits = HistoryLimits::default();
-        HistoryConfig {
-            lines_per_source: limits.lines_per_source,
-            bytes_per_source: limits.bytes_per_source,
-            max_line_bytes: limits.max_line_bytes,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DeploymentsConfig {
-    /// Finished deployments kept for late subscribers.
-    pub max_finished: usize,
-    /// Log lines kept per deployment for replay.
-    pub max_log_lines: usize,
-    /// Bytes of log lines kept per deployment for replay.
-    pub max_log_bytes: usize,
-    /// Deployments pending or running at once; creating more answers 429.
-    pub max_active: usize,
-    /// Seconds without an event after which a pending or running
-    /// deployment ends as `failed` (timed out).
-    pub active_ttl_secs: u64,
-    /// Longest status message kept, in bytes (cut with `…[truncated]`).
-    pub max_message_bytes: usize,
-}
-
-impl Default for DeploymentsConfig {
-    fn default() -> Self {
-        let limits = RegistryLimits::default();
-        DeploymentsConfig {
-            max_finished: limits.max_finished,
-            max_log_lines: limits.max_log_lines,
-            max_log_bytes: limits.max_log_bytes,
-            max_active: limits.max_active,
-            active_ttl_secs: limits.active_ttl.as_secs(),
-            max_message_bytes: limits.max_message_bytes,
-        }
-    }
-}
+/// `[deployments]`: the registry's limits, read as they are.
+pub type DeploymentsConfig = RegistryLimits;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -373,25 +324,6 @@ impl RelayConfig {
             }
         }
         Ok(())
-    }
-
-    pub fn history_limits(&self) -> HistoryLimits {
-        HistoryLimits {
-            lines_per_source: self.history.lines_per_source,
-            bytes_per_source: self.history.bytes_per_source,
-            max_line_bytes: self.history.max_line_bytes,
-        }
-    }
-
-    pub fn registry_limits(&self) -> RegistryLimits {
-        RegistryLimits {
-            max_finished: self.deployments.max_finished,
-            max_log_lines: self.deployments.max_log_lines,
-            max_log_bytes: self.deployments.max_log_bytes,
-            max_active: self.deployments.max_active,
-            active_ttl: Duration::from_secs(self.deployments.active_ttl_secs),
-            max_message_bytes: self.deployments.max_message_bytes,
-        }
     }
 }
 

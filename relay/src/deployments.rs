@@ -91,8 +91,9 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// Most hosts a deployment names.
 pub const MAX_HOSTS: usize = 100;
 
-/// Limits of the registry.
-#[derive(Debug, Clone, Copy)]
+/// Limits of the registry: `[deployments]` in the configuration.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RegistryLimits {
     /// Finished deployments kept for late subscribers; the oldest go first.
     pub max_finished: usize,
@@ -102,9 +103,9 @@ pub struct RegistryLimits {
     pub max_log_bytes: usize,
     /// Deployments pending or running at once; more are refused (429).
     pub max_active: usize,
-    /// A pending or running deployment with no event for this long ends
-    /// as `failed` (timed out).
-    pub active_ttl: std::time::Duration,
+    /// Seconds without an event after which a pending or running
+    /// deployment ends as `failed` (timed out).
+    pub active_ttl_secs: u64,
     /// Longest status message kept; longer ones are cut.
     pub max_message_bytes: usize,
 }
@@ -116,7 +117,7 @@ impl Default for RegistryLimits {
             max_log_lines: 1000,
             max_log_bytes: 256 * 1024,
             max_active: 1_000,
-            active_ttl: std::time::Duration::from_secs(3600),
+            active_ttl_secs: 3600,
             max_message_bytes: 4096,
         }
     }
@@ -320,7 +321,7 @@ impl Registry {
     /// Ends as `failed` every pending or running deployment with no event
     /// within the TTL; returns what changed, for the hub to announce.
     pub fn expire(&mut self, now: Timestamp) -> Vec<Changed> {
-        let ttl_ms = self.limits.active_ttl.as_millis() as i64;
+        let ttl_ms = (self.limits.active_ttl_secs as i64).saturating_mul(1000);
         let stale: Vec<String> = self
             .deployments
             .values()
@@ -331,7 +332,7 @@ impl Registry {
             .collect();
         let message = format!(
             "Deployment timed out: no event for {} s",
-            self.limits.active_ttl.as_secs()
+            self.limits.active_ttl_secs
         );
         stale
             .into_iter()
@@ -476,7 +477,7 @@ mod tests {
     fn active_deployments_are_capped_and_silent_ones_expire() {
         let mut registry = Registry::new(RegistryLimits {
             max_active: 2,
-            active_ttl: std::time::Duration::from_secs(60),
+            active_ttl_secs: 60,
             ..RegistryLimits::default()
         });
         let t0 = at("2024-01-15T10:30:00Z");

@@ -59,11 +59,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: RelayConfig, shutdown: CancellationToken) -> Self {
         let stats = Arc::new(Stats::new());
-        let hub = Arc::new(Hub::new(
-            stats.clone(),
-            config.history_limits(),
-            config.registry_limits(),
-        ));
+        let hub = Arc::new(Hub::new(stats.clone(), config.history, config.deployments));
         AppState {
             gate: Arc::new(ConnectionGate::new(
                 config.websocket.max_connections,

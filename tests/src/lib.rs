@@ -212,6 +212,20 @@ impl Agent {
         Self::spawn(&config, dir)
     }
 
+    /// [`Agent::start`], then waits until the relay lists `host`: the start
+    /// of most end-to-end tests.
+    pub async fn start_listed(
+        dir: &Path,
+        pki: &Pki,
+        relay: &Relay,
+        host: &str,
+        extra: &str,
+    ) -> Result<Agent> {
+        let agent = Self::start(dir, pki, relay, host, extra)?;
+        wait_for_host(relay, host).await?;
+        Ok(agent)
+    }
+
     /// Writes `agent.toml` in `dir` and returns its path.
     pub fn write_config(
         dir: &Path,
@@ -497,6 +511,20 @@ where
 }
 
 /// Waits until `host` is connected in `/api/hosts`.
+/// The relay's `/metrics` text.
+pub async fn metrics_text(relay: &Relay) -> Result<String> {
+    Ok(reqwest::get(relay.url("/metrics")).await?.text().await?)
+}
+
+/// The value of the sample line `name` in the relay's `/metrics`.
+pub async fn metric_value(relay: &Relay, name: &str) -> Result<f64> {
+    let text = metrics_text(relay).await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{name} not in /metrics"))
+}
+
 pub async fn wait_for_host(relay: &Relay, host: &str) -> Result<Value> {
     let url = relay.url("/api/hosts");
     eventually(Duration::from_secs(20), || {

@@ -39,8 +39,9 @@ use crate::deployments::{
 use crate::hub::outbound::{Outbound, Outgoing, SeriesKey};
 use crate::telemetry::Stats;
 
-/// Limits of the hub's memory.
-#[derive(Debug, Clone, Copy)]
+/// Limits of the hub's memory: `[history]` in the configuration.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HistoryLimits {
     /// Log lines kept per (host, application) for `tail`.
     pub lines_per_source: usize,

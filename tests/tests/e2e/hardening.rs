@@ -27,16 +27,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn metric(relay: &Relay, name: &str) -> f64 {
-    let text = reqwest::get(relay.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    o1_tests::metric_value(relay, name).await.unwrap()
 }
 
 /// Reads until the close frame; returns (messages, close code and reason).
@@ -561,8 +552,7 @@ async fn the_agent_does_not_follow_symlinks_unless_told_and_keeps_its_state_priv
             linked_dir.display()
         );
     let agent_dir = s.dir.path().join("agent");
-    let agent = o1_tests::Agent::start(&agent_dir, &s.pki, &s.relay, "tail-host", &config).unwrap();
-    o1_tests::wait_for_host(&s.relay, "tail-host")
+    let agent = o1_tests::Agent::start_listed(&agent_dir, &s.pki, &s.relay, "tail-host", &config)
         .await
         .unwrap();
     let mut client = crate::tailing::subscribe(&s.relay).await;

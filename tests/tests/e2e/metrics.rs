@@ -3,7 +3,7 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use o1_tests::{Agent, Pki, Relay, WsClient, binary, wait_for_host};
+use o1_tests::{Agent, Pki, Relay, WsClient, binary};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(15);
@@ -115,15 +115,15 @@ async fn values_agree_with_the_kernel_and_applications_are_measured() {
         data_dir.display(),
         std::process::id()
     );
-    let _agent = Agent::start(
+    let _agent = Agent::start_listed(
         &dir.path().join("agent"),
         &pki,
         &relay,
         "metrics-host",
         &extra,
     )
+    .await
     .unwrap();
-    wait_for_host(&relay, "metrics-host").await.unwrap();
     let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
     client
         .subscribe(json!({"type": "subscribe-metrics", "host": "metrics-host"}))

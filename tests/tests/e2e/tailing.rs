@@ -25,11 +25,18 @@ impl Setup {
     /// most tests of the file edges. Returns the agent, its directory and
     /// the subscriber.
     pub(crate) async fn agent_and_subscriber(&self, config: &str) -> (Agent, PathBuf, WsClient) {
-        let dir = self.dir.path().join("agent");
-        let agent = Agent::start(&dir, &self.pki, &self.relay, "tail-host", config).unwrap();
-        wait_for_host(&self.relay, "tail-host").await.unwrap();
+        let agent = self.agent(config).await;
         let client = subscribe(&self.relay).await;
-        (agent, dir, client)
+        (agent, self.dir.path().join("agent"), client)
+    }
+
+    /// Starts an agent for `tail-host` with `config` in `agent/` and waits
+    /// until the relay lists it.
+    pub(crate) async fn agent(&self, config: &str) -> Agent {
+        let dir = self.dir.path().join("agent");
+        Agent::start_listed(&dir, &self.pki, &self.relay, "tail-host", config)
+            .await
+            .unwrap()
     }
 
     /// A new relay on the ports of the one that was killed.
@@ -195,16 +202,7 @@ async fn rotation_case(rotation: Rotation) {
     let s = setup();
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, "").unwrap();
-    let _agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &agent_config(&log, ""),
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (_agent, _, mut client) = s.agent_and_subscriber(&agent_config(&log, "")).await;
     let total = 4000;
     let writer = {
         let log = log.clone();
@@ -245,16 +243,7 @@ async fn a_deleted_file_is_not_held_open_forever() {
     let s = setup();
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, numbered(0)).unwrap();
-    let agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &agent_config(&log, ""),
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (agent, _, mut client) = s.agent_and_subscriber(&agent_config(&log, "")).await;
     collect_until(&mut client, 0).await;
     std::fs::remove_file(&log).unwrap();
     let fds = format!("/proc/{}/fd", agent.pid());
@@ -277,16 +266,7 @@ async fn agent_kill_9_mid_stream_then_restart_loses_and_repeats_nothing() {
     let s = setup();
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, "").unwrap();
-    let mut agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &agent_config(&log, ""),
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (mut agent, _, mut client) = s.agent_and_subscriber(&agent_config(&log, "")).await;
     let total = 6000u64;
     let writer = {
         let log = log.clone();
@@ -318,16 +298,7 @@ async fn relay_down_30_seconds_while_lines_are_written_then_back() {
     let mut s = setup();
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, "").unwrap();
-    let _agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &agent_config(&log, ""),
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut before = subscribe(&s.relay).await;
+    let (_agent, _, mut before) = s.agent_and_subscriber(&agent_config(&log, "")).await;
     let mut file = OpenOptions::new().append(true).open(&log).unwrap();
     for n in 0..500 {
         file.write_all(numbered(n).as_bytes()).unwrap();
@@ -358,15 +329,7 @@ async fn a_full_spool_drops_the_oldest_and_reports_how_many() {
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, "").unwrap();
     let spool = "[spool]\nmax_bytes = 131072\nsegment_bytes = 65536\n\n[batch]\nmax_items = 50\n";
-    let agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &agent_config(&log, spool),
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
+    let agent = s.agent(&agent_config(&log, spool)).await;
     let (http, uplink) = (s.relay.http, s.relay.uplink);
     s.relay.kill();
     let total = 10_000u64;
@@ -386,16 +349,8 @@ async fn a_full_spool_drops_the_oldest_and_reports_how_many() {
     let seen = collect_until(&mut client, total - 1).await;
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
     let reported = o1_tests::eventually(T, || async {
-        let text = reqwest::get(relay.url("/metrics"))
+        let value = o1_tests::metric_value(&relay, "o1_agent_spool_dropped_items_total")
             .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let value: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("o1_agent_spool_dropped_items_total "))?
-            .parse()
             .ok()?;
         (value > 0.0).then_some(value as u64)
     })
@@ -416,15 +371,15 @@ async fn a_truncated_spool_file_is_cut_and_nothing_is_lost() {
     let log = s.log_dir.join("app.log");
     std::fs::write(&log, "").unwrap();
     let agent_dir = s.dir.path().join("agent");
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_listed(
         &agent_dir,
         &s.pki,
         &s.relay,
         "tail-host",
         &agent_config(&log, ""),
     )
+    .await
     .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
     let (http, uplink) = (s.relay.http, s.relay.uplink);
     s.relay.kill();
     let total = 2000u64;
@@ -475,16 +430,7 @@ async fn a_thousand_files_watched_at_once() {
         std::fs::write(s.log_dir.join(format!("f{i:04}.log")), "").unwrap();
     }
     let pattern = s.log_dir.join("*.log");
-    let _agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &agent_config(&pattern, ""),
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (_agent, _, mut client) = s.agent_and_subscriber(&agent_config(&pattern, "")).await;
     // Give the agent its first scan of all 1000 files.
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 0..1000u64 {
@@ -522,22 +468,11 @@ async fn partial_long_binary_and_unreadable_lines_are_not_fatal() {
     std::fs::remove_file(&unreadable).unwrap();
     std::os::unix::fs::symlink(s.log_dir.join("missing-target"), &unreadable).unwrap();
     let pattern = s.log_dir.join("*.log");
-    let extra = "[logs]\nmax_line_bytes = 100\npartial_line_timeout_ms = 500\n";
     let config = agent_config(&pattern, "").replace(
         "[logs]\n",
         "[logs]\nmax_line_bytes = 100\npartial_line_timeout_ms = 500\n",
     );
-    let _ = extra;
-    let agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &config,
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (agent, _, mut client) = s.agent_and_subscriber(&config).await;
     let mut file = OpenOptions::new().append(true).open(&log).unwrap();
     file.write_all(b"line 00000000 ERROR bad byte \xff here\n")
         .unwrap();
@@ -583,16 +518,7 @@ async fn polling_mode_follows_rename_rotation() {
         "[logs]\n",
         "[logs]\nwatch = \"poll\"\npoll_interval_ms = 100\n",
     );
-    let _agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &config,
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (_agent, _, mut client) = s.agent_and_subscriber(&config).await;
     let total = 2000;
     let writer = {
         let log = log.clone();
@@ -611,16 +537,7 @@ async fn indented_lines_join_the_record_before_them() {
     let config = agent_config(&log, "")
         .replace("logs = [", "multiline = \"indented\"\nlogs = [")
         .replace("[logs]\n", "[logs]\npartial_line_timeout_ms = 300\n");
-    let _agent = Agent::start(
-        &s.dir.path().join("agent"),
-        &s.pki,
-        &s.relay,
-        "tail-host",
-        &config,
-    )
-    .unwrap();
-    wait_for_host(&s.relay, "tail-host").await.unwrap();
-    let mut client = subscribe(&s.relay).await;
+    let (_agent, _, mut client) = s.agent_and_subscriber(&config).await;
     let mut file = OpenOptions::new().append(true).open(&log).unwrap();
     file.write_all(b"line 00000000 ERROR boom\n    at a()\n\tat b()\nline 00000001 next\n")
         .unwrap();

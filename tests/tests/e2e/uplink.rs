@@ -18,22 +18,40 @@ fn agent_extra(log: &std::path::Path) -> String {
     )
 }
 
+/// A relay (with `relay_extra`) and an agent for `web-01` tailing
+/// `web.log`, listed by the relay.
+struct WebHost {
+    relay: Relay,
+    log: std::path::PathBuf,
+    _agent: Agent,
+    // Dropped last: the files of all of the above.
+    _dir: tempfile::TempDir,
+}
+
+impl WebHost {
+    async fn start(relay_extra: &str) -> WebHost {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::create(dir.path()).unwrap();
+        let relay = Relay::start(&dir.path().join("relay"), &pki, relay_extra).unwrap();
+        let log = dir.path().join("web.log");
+        std::fs::write(&log, "").unwrap();
+        let agent_dir = dir.path().join("agent");
+        let agent = Agent::start_listed(&agent_dir, &pki, &relay, "web-01", &agent_extra(&log))
+            .await
+            .unwrap();
+        WebHost {
+            relay,
+            log,
+            _agent: agent,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test]
 async fn metrics_and_every_appended_line_reach_a_websocket_subscriber_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::create(dir.path()).unwrap();
-    let relay = Relay::start(&dir.path().join("relay"), &pki, "").unwrap();
-    let log = dir.path().join("web.log");
-    std::fs::write(&log, "").unwrap();
-    let _agent = Agent::start(
-        &dir.path().join("agent"),
-        &pki,
-        &relay,
-        "web-01",
-        &agent_extra(&log),
-    )
-    .unwrap();
-    wait_for_host(&relay, "web-01").await.unwrap();
+    let web = WebHost::start("").await;
+    let (relay, log) = (&web.relay, &web.log);
 
     let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
     client
@@ -45,7 +63,7 @@ async fn metrics_and_every_appended_line_reach_a_websocket_subscriber_in_order()
         .subscribe(json!({"type": "subscribe-metrics", "host": "web-01", "metrics": ["cpu", "memory", "disk", "network"]}))
         .await
         .unwrap();
-    append_numbered(&log, 0, 500).unwrap();
+    append_numbered(log, 0, 500).unwrap();
     let mut got = Vec::new();
     while got.len() < 500 {
         let message = client.recv_json(T).await.unwrap();
@@ -75,21 +93,10 @@ async fn metrics_and_every_appended_line_reach_a_websocket_subscriber_in_order()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_sigkill_and_restart_loses_no_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::create(dir.path()).unwrap();
     let history = "[history]\nlines_per_source = 10000\nbytes_per_source = 16777216\n";
-    let mut relay = Relay::start(&dir.path().join("relay"), &pki, history).unwrap();
-    let log = dir.path().join("web.log");
-    std::fs::write(&log, "").unwrap();
-    let _agent = Agent::start(
-        &dir.path().join("agent"),
-        &pki,
-        &relay,
-        "web-01",
-        &agent_extra(&log),
-    )
-    .unwrap();
-    wait_for_host(&relay, "web-01").await.unwrap();
+    let mut web = WebHost::start(history).await;
+    let log = web.log.clone();
+    let relay = &mut web.relay;
     let mut before = WsClient::connect(&relay.ws_url()).await.unwrap();
     before
         .subscribe(json!({"type": "subscribe-logs", "host": "web-01"}))
@@ -119,7 +126,7 @@ async fn relay_sigkill_and_restart_loses_no_line() {
             seen_before.push(n);
         }
     }
-    wait_for_host(&relay, "web-01").await.unwrap();
+    wait_for_host(relay, "web-01").await.unwrap();
     writer.join().unwrap();
     let mut after = WsClient::connect(&relay.ws_url()).await.unwrap();
     after
@@ -181,12 +188,7 @@ async fn a_bad_token_is_refused_with_a_reason_and_counted() {
         json!([]),
         "a refused agent is not in the inventory"
     );
-    let metrics = reqwest::get(relay.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = o1_tests::metrics_text(&relay).await.unwrap();
     assert!(
         !metrics.contains("o1_uplink_auth_failures_total 0\n"),
         "{metrics}"
@@ -278,12 +280,7 @@ async fn duplicate_batches_are_dropped_by_sequence() {
         (line_number(&first), line_number(&second)),
         (Some(1), Some(2))
     );
-    let metrics = reqwest::get(relay.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = o1_tests::metrics_text(&relay).await.unwrap();
     assert!(
         metrics.contains("o1_ingest_duplicate_batches_total 1\n"),
         "{metrics}"
@@ -361,12 +358,7 @@ async fn garbage_wrong_alpn_and_bad_frames_are_closed_counted_and_logged_once() 
         .unwrap();
     assert_eq!(client.recv_json(T).await.unwrap()["message"], "still here");
 
-    let metrics = reqwest::get(relay.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = o1_tests::metrics_text(&relay).await.unwrap();
     let value = |name: &str| -> u64 {
         metrics
             .lines()

@@ -570,12 +570,7 @@ async fn stats_report_exactly_what_happened() {
     assert!(p99 > 0.0, "latency measured: {ws_stats}");
     assert!(ws_stats["performanceMetrics"]["p95"].as_f64().unwrap() <= p99);
 
-    let prometheus = reqwest::get(relay.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let prometheus = o1_tests::metrics_text(&relay).await.unwrap();
     assert!(
         prometheus.contains("o1_websocket_connections_open 2\n"),
         "{prometheus}"
