@@ -40,6 +40,79 @@ pub fn parse_progress(line: &str) -> Option<(u8, String)> {
     (progress <= 100).then(|| (progress, message.trim().to_owned()))
 }
 
+/// The deployment a step reports to: makes its items.
+#[derive(Debug, Clone)]
+struct Step {
+    id: String,
+    app: String,
+}
+
+impl Step {
+    fn event(&self, status: DeploymentStatus, progress: Option<u8>, message: String) -> Item {
+        Item::Deployment(DeploymentEvent {
+            deployment_id: self.id.clone(),
+            application: self.app.clone(),
+            timestamp_ms: Timestamp::now().unix_millis,
+            status,
+            progress,
+            message,
+        })
+    }
+
+    fn log(&self, message: String) -> Item {
+        Item::Log(LogRecord {
+            application: self.app.clone(),
+            timestamp_ms: Timestamp::now().unix_millis,
+            level: detect_level(&message),
+            message,
+            deployment_id: Some(self.id.clone()),
+        })
+    }
+
+    /// A line of the step's stdout: a progress report or a log line.
+    fn stdout_line(&self, line: String) -> Item {
+        match parse_progress(&line) {
+            Some((progress, message)) => {
+                self.event(DeploymentStatus::Running, Some(progress), message)
+            }
+            None => self.log(line),
+        }
+    }
+}
+
+/// How the step ended: the final status, its message and the exit code.
+fn outcome(
+    status: &std::io::Result<std::process::ExitStatus>,
+    cancelled: bool,
+    program: &str,
+) -> (DeploymentStatus, String, u8) {
+    match status {
+        _ if cancelled => (
+            DeploymentStatus::Cancelled,
+            "Deployment cancelled".to_owned(),
+            130u8,
+        ),
+        Ok(status) if status.success() => (
+            DeploymentStatus::Completed,
+            "Deployment completed successfully".to_owned(),
+            0,
+        ),
+        Ok(status) => {
+            let code = status.code().unwrap_or(1);
+            (
+                DeploymentStatus::Failed,
+                format!("Deployment failed: {program} exited with code {code}"),
+                code.clamp(1, 255) as u8,
+            )
+        }
+        Err(error) => (
+            DeploymentStatus::Failed,
+            format!("Deployment failed: {error}"),
+            1,
+        ),
+    }
+}
+
 pub async fn run(
     config: AgentConfig,
     id: Option<String>,
@@ -61,38 +134,18 @@ pub async fn run(
     let settings = crate::uplink_settings(&config, format!("{base_id}/deploy/{id}/{suffix:08x}"));
     let (items, receiver) = mpsc::channel::<Item>(1024);
     let shipper = tokio::spawn(ship(settings, receiver));
-    let event = |status, progress, message: String| {
-        Item::Deployment(DeploymentEvent {
-            deployment_id: id.clone(),
-            application: app.clone(),
-            timestamp_ms: Timestamp::now().unix_millis,
-            status,
-            progress,
-            message,
-        })
-    };
-    let log = |message: String| {
-        Item::Log(LogRecord {
-            application: app.clone(),
-            timestamp_ms: Timestamp::now().unix_millis,
-            level: detect_level(&message),
-            message,
-            deployment_id: Some(id.clone()),
-        })
-    };
+    let step = Step { id, app };
+    let running = format!("Running {}", command.join(" "));
     let _ = items
-        .send(event(
-            DeploymentStatus::Running,
-            Some(0),
-            format!("Running {}", command.join(" ")),
-        ))
+        .send(step.event(DeploymentStatus::Running, Some(0), running))
         .await;
     eprintln!(
-        "o1-agent deploy: deployment {id} of {app}: running {}",
+        "o1-agent deploy: deployment {} of {}: running {}",
+        step.id,
+        step.app,
         command.join(" ")
     );
-
-    let mut child = match tokio::process::Command::new(program)
+    let (status, cancelled) = match tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -102,18 +155,40 @@ pub async fn run(
         .process_group(0)
         .spawn()
     {
-        Ok(child) => child,
+        Ok(child) => supervise(child, &step, &items).await,
         Err(error) => {
             let message = format!("cannot start {program}: {error}");
             eprintln!("o1-agent deploy: {message}");
             let _ = items
-                .send(event(DeploymentStatus::Failed, None, message))
+                .send(step.event(DeploymentStatus::Failed, None, message))
                 .await;
             drop(items);
             let _ = tokio::time::timeout(FINAL_ACK_TIMEOUT, shipper).await;
             return ExitCode::from(127);
         }
     };
+    let (final_status, message, code) = outcome(&status, cancelled, program);
+    let progress = (final_status == DeploymentStatus::Completed).then_some(100);
+    let _ = items
+        .send(step.event(final_status, progress, message.clone()))
+        .await;
+    drop(items);
+    eprintln!("o1-agent deploy: {message}");
+    match tokio::time::timeout(FINAL_ACK_TIMEOUT, shipper).await {
+        Ok(Ok(true)) => {}
+        _ => eprintln!("o1-agent deploy: warning: the relay did not acknowledge every event"),
+    }
+    ExitCode::from(code)
+}
+
+/// Streams the running step's output as items until it exits (and its
+/// pipes are drained); Ctrl-C or SIGTERM stops it. Returns its exit status
+/// and whether it was cancelled.
+async fn supervise(
+    mut child: tokio::process::Child,
+    step: &Step,
+    items: &mpsc::Sender<Item>,
+) -> (std::io::Result<std::process::ExitStatus>, bool) {
     let mut stdout = child.stdout.take().map(|s| BufReader::new(s).lines());
     let mut stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -133,11 +208,7 @@ pub async fn run(
                 match line {
                     Some(line) => {
                         println!("{line}");
-                        let item = match parse_progress(&line) {
-                            Some((progress, message)) => event(DeploymentStatus::Running, Some(progress), message),
-                            None => log(line),
-                        };
-                        let _ = items.send(item).await;
+                        let _ = items.send(step.stdout_line(line)).await;
                     }
                     None => stdout = None,
                 }
@@ -146,7 +217,7 @@ pub async fn run(
                 match line {
                     Some(line) => {
                         eprintln!("{line}");
-                        let _ = items.send(log(line)).await;
+                        let _ = items.send(step.log(line)).await;
                     }
                     None => stderr = None,
                 }
@@ -168,42 +239,7 @@ pub async fn run(
             }
         }
     };
-    let (final_status, message, code) = match status {
-        _ if cancelled => (
-            DeploymentStatus::Cancelled,
-            "Deployment cancelled".to_owned(),
-            130u8,
-        ),
-        Ok(status) if status.success() => (
-            DeploymentStatus::Completed,
-            "Deployment completed successfully".to_owned(),
-            0,
-        ),
-        Ok(status) => {
-            let code = status.code().unwrap_or(1);
-            (
-                DeploymentStatus::Failed,
-                format!("Deployment failed: {} exited with code {code}", program),
-                code.clamp(1, 255) as u8,
-            )
-        }
-        Err(error) => (
-            DeploymentStatus::Failed,
-            format!("Deployment failed: {error}"),
-            1,
-        ),
-    };
-    let progress = (final_status == DeploymentStatus::Completed).then_some(100);
-    let _ = items
-        .send(event(final_status, progress, message.clone()))
-        .await;
-    drop(items);
-    eprintln!("o1-agent deploy: {message}");
-    match tokio::time::timeout(FINAL_ACK_TIMEOUT, shipper).await {
-        Ok(Ok(true)) => {}
-        _ => eprintln!("o1-agent deploy: warning: the relay did not acknowledge every event"),
-    }
-    ExitCode::from(code)
+    (status, cancelled)
 }
 
 /// SIGTERM to the step's process group, SIGKILL after 5 s.
@@ -348,5 +384,28 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn outcomes_table() {
+        use std::os::unix::process::ExitStatusExt;
+        let exit = |code: i32| Ok(std::process::ExitStatus::from_raw(code << 8));
+        let cases = [
+            (exit(0), false, DeploymentStatus::Completed, 0u8),
+            (exit(3), false, DeploymentStatus::Failed, 3),
+            (exit(0), true, DeploymentStatus::Cancelled, 130),
+            (
+                Err(std::io::Error::other("lost")),
+                false,
+                DeploymentStatus::Failed,
+                1,
+            ),
+        ];
+        for (status, cancelled, expected, code) in cases {
+            let (got, message, exit_code) = outcome(&status, cancelled, "make");
+            assert_eq!((got, exit_code), (expected, code), "{message}");
+        }
+        let (_, message, _) = outcome(&exit(3), false, "make");
+        assert_eq!(message, "Deployment failed: make exited with code 3");
     }
 }

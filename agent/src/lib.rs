@@ -105,43 +105,11 @@ pub fn uplink_settings(config: &AgentConfig, agent_id: String) -> UplinkSettings
 /// was read before the stop is spooled, and sent if the relay is there.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let state_dir = config.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| AgentError::StateDir {
-        path: state_dir.clone(),
-        source,
-    })?;
-    // Private: the spool holds log lines, the checkpoint file paths.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(error) =
-            std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
-        {
-            tracing::warn!(%error, dir = %state_dir.display(), "cannot make the state directory private (0700)");
-        }
-    }
+    prepare_state_dir(&state_dir)?;
     let agent_id = agent_id(&state_dir)?;
     let checkpoint_path = checkpoint::checkpoint_path(&state_dir);
-    let (checkpoint, had_checkpoint) = match checkpoint::load(&checkpoint_path) {
-        Ok(Some(checkpoint)) => (checkpoint, true),
-        Ok(None) => (Checkpoint::default(), false),
-        Err(error) => {
-            tracing::error!(%error, "checkpoint unusable; keeping it aside and starting fresh");
-            let _ = std::fs::rename(&checkpoint_path, checkpoint_path.with_extension("corrupt"));
-            (Checkpoint::default(), true)
-        }
-    };
-    let limits = SpoolLimits {
-        max_bytes: config.spool.max_bytes,
-        segment_bytes: config.spool.segment_bytes,
-        fsync_interval: Duration::from_millis(config.spool.fsync_interval_ms),
-        max_frame: o1_common::wire::DEFAULT_MAX_FRAME,
-    };
-    let (spool, recovery) =
-        Spool::open(&state_dir.join("spool"), limits, checkpoint.acked_sequence).map_err(
-            |source| AgentError::Spool {
-                path: state_dir.clone(),
-                source,
-            },
-        )?;
+    let (checkpoint, had_checkpoint) = load_checkpoint(&checkpoint_path);
+    let (spool, recovery) = open_spool(&config, checkpoint.acked_sequence)?;
     if recovery.truncated_bytes > 0 {
         tracing::warn!(
             cut_bytes = recovery.truncated_bytes,
@@ -181,6 +149,121 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             .spawn(move || pipeline::run_batcher(receiver, spool, spooled, limits, stats))
             .map_err(AgentError::Thread)?
     };
+    let producers = start_producers(
+        &config, resume, stopped_at, first_run, &events, &stats, &shutdown,
+    )?;
+    drop(events);
+
+    // The shipping side stops after the producers (see above).
+    let shipping = CancellationToken::new();
+    let sender = tokio::spawn(pipeline::run_sender(
+        pipeline::Sender {
+            settings: uplink_settings(&config, agent_id),
+            spool: spool.clone(),
+            spooled: spooled.clone(),
+            acked: acked.clone(),
+            acked_notify: acked_notify.clone(),
+            max_in_flight: config.relay.max_in_flight,
+            backoff: (
+                Duration::from_millis(config.relay.min_backoff_ms),
+                Duration::from_millis(config.relay.max_backoff_ms),
+            ),
+            stats: stats.clone(),
+        },
+        shipping.clone(),
+    ));
+    let checkpointer = tokio::spawn(pipeline::run_checkpointer(
+        checkpoint_path.clone(),
+        spool.clone(),
+        acked.clone(),
+        acked_notify.clone(),
+        CHECKPOINT_INTERVAL,
+        shipping.clone(),
+    ));
+
+    shutdown.cancelled().await;
+    tracing::info!("o1-agent stopping");
+    if let Some(task) = producers.metrics {
+        let _ = task.await;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in producers.threads {
+            let _ = thread.join();
+        }
+        let _ = batcher.join();
+    })
+    .await;
+    shipping.cancel();
+    let _ = sender.await;
+    let _ = checkpointer.await;
+    pipeline::write_checkpoint(&checkpoint_path, &spool, &acked, true);
+    if let Err(error) = pipeline::lock(&spool).maybe_sync() {
+        tracing::error!(%error, "cannot fsync the spool");
+    }
+    Ok(())
+}
+
+/// Makes the state directory, private: the spool holds log lines, the
+/// checkpoint file paths.
+fn prepare_state_dir(state_dir: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(state_dir).map_err(|source| AgentError::StateDir {
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    if let Err(error) = std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+    {
+        tracing::warn!(%error, dir = %state_dir.display(), "cannot make the state directory private (0700)");
+    }
+    Ok(())
+}
+
+/// The checkpoint, and whether there was one. An unusable one is kept
+/// aside (`.corrupt`) and the agent starts fresh.
+fn load_checkpoint(path: &Path) -> (Checkpoint, bool) {
+    match checkpoint::load(path) {
+        Ok(Some(checkpoint)) => (checkpoint, true),
+        Ok(None) => (Checkpoint::default(), false),
+        Err(error) => {
+            tracing::error!(%error, "checkpoint unusable; keeping it aside and starting fresh");
+            let _ = std::fs::rename(path, path.with_extension("corrupt"));
+            (Checkpoint::default(), true)
+        }
+    }
+}
+
+fn open_spool(config: &AgentConfig, acked: u64) -> Result<(Spool, spool::Recovery), AgentError> {
+    let limits = SpoolLimits {
+        max_bytes: config.spool.max_bytes,
+        segment_bytes: config.spool.segment_bytes,
+        fsync_interval: Duration::from_millis(config.spool.fsync_interval_ms),
+        max_frame: o1_common::wire::DEFAULT_MAX_FRAME,
+    };
+    Spool::open(&config.state_dir.join("spool"), limits, acked).map_err(|source| {
+        AgentError::Spool {
+            path: config.state_dir.clone(),
+            source,
+        }
+    })
+}
+
+/// What feeds the batcher: the tailer and journal threads, the metrics task.
+struct Producers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    metrics: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the tailer, a journal reader per application with a journal,
+/// and metrics sampling; all stop on `shutdown`.
+fn start_producers(
+    config: &AgentConfig,
+    resume: Checkpoint,
+    stopped_at: Option<std::time::SystemTime>,
+    first_run: bool,
+    events: &std::sync::mpsc::SyncSender<Event>,
+    stats: &Arc<AgentStats>,
+    shutdown: &CancellationToken,
+) -> Result<Producers, AgentError> {
     let mut threads = Vec::new();
     let apps: Vec<AppLogs> = config
         .applications
@@ -228,7 +311,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 .map_err(AgentError::Thread)?,
         );
     }
-    let mut metrics_task = None;
+    let mut metrics = None;
     if config.metrics.enabled {
         let sampler = metrics::Sampler::new(
             &config.metrics.disk_path,
@@ -236,7 +319,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             Duration::from_secs(config.metrics.discovery_interval_secs),
         )?;
         let (events, stats, interval) = (events.clone(), stats.clone(), config.interval());
-        metrics_task = Some(tokio::spawn(sample_metrics(
+        metrics = Some(tokio::spawn(sample_metrics(
             sampler,
             interval,
             events,
@@ -244,55 +327,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             stats,
         )));
     }
-    drop(events);
-
-    // The shipping side stops after the producers (see above).
-    let shipping = CancellationToken::new();
-    let sender = tokio::spawn(pipeline::run_sender(
-        pipeline::Sender {
-            settings: uplink_settings(&config, agent_id),
-            spool: spool.clone(),
-            spooled: spooled.clone(),
-            acked: acked.clone(),
-            acked_notify: acked_notify.clone(),
-            max_in_flight: config.relay.max_in_flight,
-            backoff: (
-                Duration::from_millis(config.relay.min_backoff_ms),
-                Duration::from_millis(config.relay.max_backoff_ms),
-            ),
-            stats: stats.clone(),
-        },
-        shipping.clone(),
-    ));
-    let checkpointer = tokio::spawn(pipeline::run_checkpointer(
-        checkpoint_path.clone(),
-        spool.clone(),
-        acked.clone(),
-        acked_notify.clone(),
-        CHECKPOINT_INTERVAL,
-        shipping.clone(),
-    ));
-
-    shutdown.cancelled().await;
-    tracing::info!("o1-agent stopping");
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
-    let _ = tokio::task::spawn_blocking(move || {
-        for thread in threads {
-            let _ = thread.join();
-        }
-        let _ = batcher.join();
-    })
-    .await;
-    shipping.cancel();
-    let _ = sender.await;
-    let _ = checkpointer.await;
-    pipeline::write_checkpoint(&checkpoint_path, &spool, &acked, true);
-    if let Err(error) = pipeline::lock(&spool).maybe_sync() {
-        tracing::error!(%error, "cannot fsync the spool");
-    }
-    Ok(())
+    Ok(Producers { threads, metrics })
 }
 
 /// Samples every `interval` until `stop`. Sampling reads /proc, so it
