@@ -177,6 +177,9 @@ const RECORD_OVERHEAD: usize = 12;
 impl Spool {
     /// Opens (or creates) the spool in `dir`. `acked` is the checkpoint's
     /// acknowledged sequence: records up to it are not sent again.
+    /// Opens the spool in `dir`, reading every segment back: torn or
+    /// corrupt ends are cut off (and counted in [`Recovery`]), records
+    /// acknowledged already (`acked`) are skipped when sent.
     pub fn open(dir: &Path, limits: SpoolLimits, acked: u64) -> io::Result<(Spool, Recovery)> {
         fs::create_dir_all(dir)?;
         let mut names: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
@@ -202,30 +205,7 @@ impl Spool {
         let mut recovery = Recovery::default();
         for (first_sequence, path) in names {
             let bytes = fs::read(&path)?;
-            let mut at = 0usize;
-            let mut records = Vec::new();
-            while at < bytes.len() {
-                match parse_record(&bytes[at..]) {
-                    Some((header, frame_offset, frame_len, total))
-                        if header.sequence
-                            == records
-                                .last()
-                                .map_or(first_sequence, |r: &Record| r.sequence + 1) =>
-                    {
-                        records.push(Record {
-                            sequence: header.sequence,
-                            segment: first_sequence,
-                            frame_at: (at + frame_offset) as u64,
-                            frame_len,
-                            items: header.items,
-                            dropped_items: header.dropped_items,
-                            positions: header.positions,
-                        });
-                        at += total;
-                    }
-                    _ => break,
-                }
-            }
+            let (records, at) = scan_segment(&bytes, first_sequence);
             if at < bytes.len() {
                 recovery.truncated_bytes += (bytes.len() - at) as u64;
                 tracing::warn!(
@@ -567,6 +547,33 @@ fn parse_record(bytes: &[u8]) -> Option<(RecordHeader, usize, u32, usize)> {
         frame_len,
         8 + body_len,
     ))
+}
+
+/// The records of one segment whose first sequence is `first_sequence`,
+/// and the length of its valid part: the scan stops at the first record
+/// that is torn, corrupt or out of sequence.
+fn scan_segment(bytes: &[u8], first_sequence: u64) -> (Vec<Record>, usize) {
+    let mut at = 0usize;
+    let mut records: Vec<Record> = Vec::new();
+    while at < bytes.len() {
+        let expected = records.last().map_or(first_sequence, |r| r.sequence + 1);
+        match parse_record(&bytes[at..]) {
+            Some((header, frame_offset, frame_len, total)) if header.sequence == expected => {
+                records.push(Record {
+                    sequence: header.sequence,
+                    segment: first_sequence,
+                    frame_at: (at + frame_offset) as u64,
+                    frame_len,
+                    items: header.items,
+                    dropped_items: header.dropped_items,
+                    positions: header.positions,
+                });
+                at += total;
+            }
+            _ => break,
+        }
+    }
+    (records, at)
 }
 
 #[cfg(test)]
