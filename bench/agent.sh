@@ -4,14 +4,17 @@
 #     (Interval 1; cpu, memory, df, interface), CPU time and RSS over 60 s;
 #  2. file → relay throughput of 100-byte lines vs rsyslog imfile → TCP;
 #  3. agent CPU and RSS while idle-tailing 100 files;
-#  4. journald entries (journalctl child) vs the same lines from a file.
+#  4. journald entries (journalctl child) vs the same lines from a file;
+#  5. file → WebSocket subscriber latency of realistic lines written one by
+#     one at a fixed rate (LATENCY_RATES, default "2000"), each agent build
+#     alternating with BASELINE_AGENT when given.
 # Usage: bench/agent.sh [seconds] [lines]   (needs: collectd-core rsyslog)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TO_MEASURE=${1:-60}
 LINES=${2:-2000000}
 # Which sections to run (default all): e.g. SECTIONS="1" bench/agent.sh 60
-SECTIONS=${SECTIONS:-"1 2 3 4"}
+SECTIONS=${SECTIONS:-"1 2 3 4 5"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 cargo build --release --workspace --bins -q
 BIN=$PWD/target/release
@@ -255,5 +258,37 @@ journal = { units = [\"bench.service\"], directory = \"$DIR/journal\" }"
   source_run file "$run" "[[application]]
 name = \"bench\"
 logs = [\"$DIR/lines.log\"]"
+done
+fi
+
+if want 5; then
+echo "## 5. file -> subscriber latency, lines written one by one"
+hosts_has() { curl -s http://127.0.0.1:3910/api/hosts | grep -q "\"host\":\"$1\""; }
+latency_run() { # $1 label, $2 agent binary, $3 run, $4 rate
+  local log="$DIR/latency-$1-$3-$4.log"
+  : > "$log"
+  agent_config "$DIR/state-lat-$1-$3-$4" "
+[metrics]
+enabled = false
+[logs]
+start_at = \"end\"
+[[application]]
+name = \"api\"
+logs = [\"$log\"]
+" | sed "s/^host = \"bench\"/host = \"lat-$1-$3-$4\"/" > "$DIR/agent-lat.toml"
+  RUST_LOG=warn $2 --config "$DIR/agent-lat.toml" 2> "$DIR/agent-lat.err" &
+  AGENT=$!
+  for _ in $(seq 100); do hosts_has "lat-$1-$3-$4" && break; sleep 0.1; done
+  sleep 1
+  echo -n "$1 run=$3 "
+  $BIN/o1-loadgen file-latency --url ws://127.0.0.1:3910/api/websocket --file "$log" \
+    --host "lat-$1-$3-$4" --rate "$4" --seconds 10
+  kill $AGENT; wait $AGENT 2>/dev/null || true
+}
+for rate in ${LATENCY_RATES:-2000}; do
+  for run in 1 2 3; do
+    latency_run o1 "$BIN/o1-agent" "$run" "$rate"
+    if [ -n "${BASELINE_AGENT:-}" ]; then latency_run baseline "$BASELINE_AGENT" "$run" "$rate"; fi
+  done
 done
 fi

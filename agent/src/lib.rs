@@ -152,7 +152,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let producers = start_producers(
         &config, resume, stopped_at, first_run, &events, &stats, &shutdown,
     )?;
-    drop(events);
 
     // The shipping side stops after the producers (see above).
     let shipping = CancellationToken::new();
@@ -169,6 +168,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 Duration::from_millis(config.relay.max_backoff_ms),
             ),
             stats: stats.clone(),
+            batcher: events.clone(),
         },
         shipping.clone(),
     ));
@@ -190,6 +190,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         for thread in producers.threads {
             let _ = thread.join();
         }
+        // Every producer is done: the batcher flushes and ends.
+        let _ = events.send(Event::Stop);
         let _ = batcher.join();
     })
     .await;

@@ -13,7 +13,7 @@ use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 use o1_common::wire::Item;
@@ -55,6 +55,11 @@ pub enum Event {
     },
     /// Metric samples or deployment events.
     Items(Vec<Item>),
+    /// From the sender: every spooled batch is acknowledged, so what the
+    /// batcher holds can go at once.
+    UplinkIdle,
+    /// From `run`, once every producer has stopped: flush and end.
+    Stop,
 }
 
 /// A position in a file, with what proves it on resume.
@@ -82,10 +87,14 @@ pub fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
     spool.lock()
 }
 
-/// The batching policy, without I/O: events in, whole batches out. A
-/// batch closes at `max_items` items or `max_bytes` bytes of messages
-/// ([`Batcher::full`]), or when its first item is `max_age` old
-/// ([`Batcher::deadline`]). It carries the file positions, journal cursors
+/// The batching policy, without I/O: events in, whole batches out. Like
+/// Nagle's algorithm with a bound: a batch goes at once when the uplink is
+/// idle (every spooled batch acknowledged), so a quiet host's line leaves
+/// without waiting; while earlier batches are in flight it fills, and closes
+/// at `max_items` items or `max_bytes` bytes of messages
+/// ([`Batcher::full`]), when the uplink becomes idle, or when its first
+/// item is `max_age` old ([`Batcher::deadline`]), so a busy host still
+/// sends big batches. It carries the file positions, journal cursors
 /// and releases its items reach, for the checkpoint.
 #[derive(Debug, Default)]
 pub struct Batcher {
@@ -109,6 +118,12 @@ impl Batcher {
             limits,
             ..Batcher::default()
         }
+    }
+
+    /// Whether the batch should close now, `uplink_idle` being whether
+    /// every spooled batch is acknowledged.
+    pub fn should_flush(&self, uplink_idle: bool) -> bool {
+        self.full() || (uplink_idle && !self.is_empty())
     }
 
     /// The batch must close now: at its item or byte limit.
@@ -161,6 +176,7 @@ impl Batcher {
                 self.bytes += more.iter().map(item_size).sum::<usize>();
                 self.items.extend(more);
             }
+            Event::UplinkIdle | Event::Stop => return,
         }
         self.opened_at.get_or_insert(now);
     }
@@ -206,7 +222,8 @@ impl Batcher {
     }
 }
 
-/// Runs until every sender of `events` is gone; flushes what it holds.
+/// Runs until [`Event::Stop`] (or every sender of `events` is gone);
+/// flushes what it holds.
 pub fn run_batcher(
     events: Receiver<Event>,
     spool: Arc<Mutex<Spool>>,
@@ -236,9 +253,15 @@ pub fn run_batcher(
             None => Duration::from_secs(3600),
         };
         match events.recv_timeout(timeout) {
+            Ok(Event::Stop) => {
+                flush(&mut batcher);
+                return;
+            }
+            Ok(Event::UplinkIdle) => flush(&mut batcher),
             Ok(event) => {
                 batcher.add(event, Instant::now());
-                if batcher.full() {
+                let idle = lock(&spool).unacked_batches() == 0;
+                if batcher.should_flush(idle) {
                     flush(&mut batcher);
                 }
             }
@@ -299,6 +322,8 @@ pub struct Sender {
     /// First and longest reconnect delay.
     pub backoff: (Duration, Duration),
     pub stats: Arc<AgentStats>,
+    /// Told [`Event::UplinkIdle`] when the last spooled batch is acked.
+    pub batcher: SyncSender<Event>,
 }
 
 /// Ships spooled batches until `shutdown`; reconnects with exponential
@@ -313,6 +338,7 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
         max_in_flight,
         backoff,
         stats,
+        batcher,
     } = sender;
     let endpoint = match uplink::endpoint(&settings) {
         Ok(endpoint) => endpoint,
@@ -340,7 +366,7 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
                     &spool,
                     &spooled,
                     (&acked, &acked_notify),
-                    max_in_flight,
+                    (max_in_flight, &batcher),
                     &stats,
                     &shutdown,
                 )
@@ -383,7 +409,7 @@ async fn ship(
     spool: &Mutex<Spool>,
     spooled: &Notify,
     (acked, acked_notify): (&Mutex<CheckpointState>, &Notify),
-    max_in_flight: usize,
+    (max_in_flight, batcher): (usize, &SyncSender<Event>),
     stats: &AgentStats,
     shutdown: &CancellationToken,
 ) -> Result<(), UplinkError> {
@@ -430,7 +456,15 @@ async fn ship(
         tokio::select! {
             ack = session.next_ack() => {
                 let sequence = ack?;
-                let positions = lock(spool).ack(sequence);
+                let (positions, idle) = {
+                    let mut spool = lock(spool);
+                    (spool.ack(sequence), spool.unacked_batches() == 0)
+                };
+                if idle {
+                    // Whatever the batcher holds can go now. Full: it is
+                    // busy and will flush anyway.
+                    let _ = batcher.try_send(Event::UplinkIdle);
+                }
                 stats.batches_acked.fetch_add(1, Ordering::Relaxed);
                 let mut state = acked.lock();
                 state.checkpoint.acked_sequence = state.checkpoint.acked_sequence.max(sequence);
@@ -585,6 +619,35 @@ mod tests {
         assert!(batcher.take().is_some());
         assert!(batcher.take().is_none());
         assert_eq!(batcher.deadline(), None);
+    }
+
+    #[test]
+    fn an_idle_uplink_takes_a_line_at_once_a_busy_one_lets_the_batch_fill() {
+        let now = Instant::now();
+        let limits = BatchConfig {
+            max_items: 10,
+            max_bytes: 100_000,
+            max_age_ms: 20,
+        };
+        // (lines in the batch, uplink idle) → close now?
+        let table = [
+            (0, true, false),
+            (1, true, true),
+            (1, false, false),
+            (9, false, false),
+            (10, false, true),
+        ];
+        for (n, idle, flush) in table {
+            let mut batcher = Batcher::new(limits.clone());
+            if n > 0 {
+                batcher.add(lines(n, 1, 0, 1), now);
+            }
+            assert_eq!(batcher.should_flush(idle), flush, "{n} lines, idle {idle}");
+        }
+        // A release alone (no lines) is worth a batch too.
+        let mut batcher = Batcher::new(limits);
+        batcher.add(Event::Released { key: key(3, 0) }, now);
+        assert!(batcher.should_flush(true));
     }
 
     #[test]

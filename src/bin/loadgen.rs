@@ -14,6 +14,10 @@
 //! - `half-open`: N QUIC connections that finish TLS, open streams and
 //!   send the start of a hello that never ends; the server's memory
 //!   growth while they are held.
+//! - `file-latency`: appends realistic log lines (timestamp, level,
+//!   request, JSON tail) to a file an agent tails, at a fixed rate, while
+//!   subscribed to them over WebSocket; latency from the write to the
+//!   message received, p50/p99/max.
 //! - `hostile`: N clients that subscribe many times to a deployment with
 //!   a long replay and never read; the server's memory growth per
 //!   connection (its worst case, bounded by the queue budgets).
@@ -92,6 +96,22 @@ enum Mode {
         line_bytes: usize,
         #[arg(long, default_value_t = 3)]
         settle_secs: u64,
+    },
+    FileLatency {
+        /// WebSocket URL of the relay.
+        #[arg(long)]
+        url: String,
+        /// The file the agent tails (appended to).
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// The agent's host name, for the subscription.
+        #[arg(long)]
+        host: String,
+        /// Lines per second, spread evenly.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     HalfOpen {
         #[arg(long)]
@@ -209,6 +229,13 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Mode::Idle { url, connections } => idle(&url, connections, &cli.pids).await,
+        Mode::FileLatency {
+            url,
+            file,
+            host,
+            rate,
+            seconds,
+        } => file_latency(&url, &file, &host, rate, seconds).await,
         Mode::HalfOpen {
             uplink,
             ca,
@@ -524,6 +551,81 @@ enum Publisher {
         token: String,
     },
     Nchan(String),
+}
+
+/// Lines as hosts write them, each carrying `seq=<n> t=<nanos>`.
+fn realistic_line(n: u64, sent: u64) -> String {
+    const LEVELS: [&str; 4] = ["INFO", "INFO", "WARN", "ERROR"];
+    let level = LEVELS[(n % 4) as usize];
+    let at = o1_common::Timestamp::from_unix_millis((sent / 1_000_000) as i64);
+    format!(
+        "{at} {level} api GET /api/v1/items/{} 200 {}.{}ms {{\"user\":\"u{}\",\"region\":\"eu-west-1\"}} seq={n} t={sent}\n",
+        n % 997,
+        n % 50,
+        n % 10,
+        n % 101
+    )
+}
+
+async fn file_latency(
+    url: &str,
+    file: &std::path::Path,
+    host: &str,
+    rate: u64,
+    seconds: u64,
+) -> Result<()> {
+    use std::io::Write;
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    let subscribe = serde_json::json!({"type": "subscribe-logs", "host": host});
+    socket.send(Message::text(subscribe.to_string())).await?;
+    let _ack = tokio::time::timeout(Duration::from_secs(5), socket.next()).await?;
+    let total = rate * seconds;
+    let reader = tokio::spawn(async move {
+        let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut seen = 0u64;
+        while seen < total {
+            let message = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+            let Ok(Some(Ok(Message::Text(text)))) = message else {
+                break;
+            };
+            let received = now_nanos();
+            let Some(at) = text.as_str().find(" t=") else {
+                continue;
+            };
+            let rest = &text.as_str()[at + 3..];
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if let Ok(sent) = rest[..end].parse::<u64>() {
+                latencies.saturating_record((received.saturating_sub(sent) / 1000).max(1));
+                seen += 1;
+            }
+        }
+        anyhow::Ok((seen, latencies))
+    });
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .with_context(|| format!("cannot open {}", file.display()))?;
+    let started = Instant::now();
+    let every = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    for n in 0..total {
+        let due = started + every * n as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        // One write per line, as an application logging line by line.
+        out.write_all(realistic_line(n, now_nanos()).as_bytes())?;
+    }
+    let (seen, latencies) = reader.await??;
+    println!(
+        "file-latency rate={rate}/s lines={total} received={seen} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        latencies.value_at_quantile(0.5) as f64 / 1000.0,
+        latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        latencies.max() as f64 / 1000.0,
+    );
+    Ok(())
 }
 
 async fn fanout(
