@@ -6,7 +6,9 @@
 # BASELINE_RELAY=path/to/an/older/o1-relay: also runs it, alternating with
 # this build, for same-session ratios. NCHAN=0 skips the nginx+nchan runs,
 # IDLE=0 the idle-memory run; SUBS="100" and AGENTS="" choose the fan-out
-# and ingest sizes.
+# and ingest sizes. PACED="1000:100" (subscribers:messages per second,
+# 20 s each; "" for none) runs the paced fan-out: one message per batch,
+# as an agent at that rate sends, against nginx+nchan at the same rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -91,6 +93,27 @@ for subs in ${SUBS:-100 1000}; do
     $BIN/o1-loadgen $NGINX_PID_ARGS fanout --url ws://127.0.0.1:3901/sub --subscribers $subs \
       --messages $((2000000 / subs)) --size 200 --nchan-publish http://127.0.0.1:3901/pub
     kill "$(cat "$DIR/nginx.pid")"; sleep 0.5
+  done
+done
+
+for paced in ${PACED-1000:100}; do
+  subs=${paced%%:*}; rate=${paced##*:}; msgs=$((rate * 20))
+  for run in $(seq "$RUNS"); do
+    for relay in "${RELAYS[@]}"; do
+    start_relay "${relay#*:}"
+    echo "## paced fanout ${relay%%:*} subscribers=$subs rate=$rate run=$run"
+    $BIN/o1-loadgen --pid "$RELAY" fanout --url ws://127.0.0.1:3900/api/websocket --subscribers "$subs" \
+      --messages "$msgs" --size 200 --rate "$rate" --uplink 127.0.0.1:4900 --ca "$DIR/tls/ca.crt" --token "$TOKEN"
+    stop_relay
+    done
+    if [ "${NCHAN:-1}" != 0 ]; then
+    start_nginx
+    echo "## paced fanout nginx+nchan subscribers=$subs rate=$rate run=$run"
+    # shellcheck disable=SC2086
+    $BIN/o1-loadgen $NGINX_PID_ARGS fanout --url ws://127.0.0.1:3901/sub --subscribers "$subs" \
+      --messages "$msgs" --size 200 --rate "$rate" --nchan-publish http://127.0.0.1:3901/pub
+    kill "$(cat "$DIR/nginx.pid")"; sleep 0.5
+    fi
   done
 done
 

@@ -75,6 +75,11 @@ enum Mode {
         /// Messages per publish batch (o1) or concurrent POSTs (nchan).
         #[arg(long, default_value_t = 50)]
         batch: usize,
+        /// Paced mode: this many messages per second, each alone (one line
+        /// per batch, as an agent at that rate sends; one POST for nchan),
+        /// instead of as fast as the subscribers absorb.
+        #[arg(long)]
+        rate: Option<u64>,
     },
     Hostile {
         /// WebSocket URL.
@@ -304,6 +309,7 @@ async fn main() -> Result<()> {
             token,
             nchan_publish,
             batch,
+            rate,
         } => {
             let publisher = match (nchan_publish, uplink, ca, token) {
                 (Some(url), _, _, _) => Publisher::Nchan(url),
@@ -316,7 +322,10 @@ async fn main() -> Result<()> {
                 messages,
                 size,
                 publisher,
-                batch,
+                Pace {
+                    batch: if rate.is_some() { 1 } else { batch },
+                    rate,
+                },
                 &cli.pids,
             )
             .await
@@ -628,15 +637,59 @@ async fn file_latency(
     Ok(())
 }
 
+/// How the fan-out publisher sends: `batch` messages at a time, as fast as
+/// the subscribers absorb, or (`rate`) that many messages per second.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    batch: usize,
+    rate: Option<u64>,
+}
+
+impl Pace {
+    /// Waits until the publisher may send message `sent` (of `received`
+    /// deliveries so far, to `subscribers`).
+    async fn wait(&self, started: Instant, sent: u64, received: &AtomicU64, subscribers: usize) {
+        match self.rate {
+            Some(rate) => {
+                let due = started + Duration::from_nanos(sent * 1_000_000_000 / rate.max(1));
+                tokio::time::sleep_until(due.into()).await;
+            }
+            None => {
+                // Pace to what subscribers absorb, so nothing is dropped.
+                let ahead = subscribers as u64 * self.batch as u64 * 4;
+                while received.load(Ordering::Relaxed) + ahead < sent * subscribers as u64 {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// utime and stime of the processes, seconds.
+fn cpu_split(pids: &[u32]) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let after = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime / ticks, stime / ticks))
+        })
+        .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
+}
+
 async fn fanout(
     url: &str,
     subscribers: usize,
     messages: u64,
     size: usize,
     publisher: Publisher,
-    batch: usize,
+    pace: Pace,
     pids: &[u32],
 ) -> Result<()> {
+    let batch = pace.batch;
     let received = Arc::new(AtomicU64::new(0));
     let histogram = Arc::new(std::sync::Mutex::new(
         hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
@@ -687,6 +740,7 @@ async fn fanout(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let padding = "p".repeat(size.saturating_sub(32));
     let cpu_before = cpu_seconds(pids);
+    let split_before = cpu_split(pids);
     let started = Instant::now();
     match publisher {
         Publisher::O1 { uplink, ca, token } => {
@@ -713,12 +767,7 @@ async fn fanout(
                 session.send_frame(&frame).await?;
                 session.next_ack().await?;
                 sent += n;
-                // Pace to what subscribers absorb, so nothing is dropped.
-                while received.load(Ordering::Relaxed) + (subscribers as u64 * batch as u64 * 4)
-                    < sent * subscribers as u64
-                {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
+                pace.wait(started, sent, &received, subscribers).await;
             }
         }
         Publisher::Nchan(publish) => {
@@ -736,11 +785,7 @@ async fn fanout(
                     result?.error_for_status()?;
                 }
                 sent += n;
-                while received.load(Ordering::Relaxed) + (subscribers as u64 * batch as u64 * 4)
-                    < sent * subscribers as u64
-                {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
+                pace.wait(started, sent, &received, subscribers).await;
             }
         }
     }
@@ -751,6 +796,8 @@ async fn fanout(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pids) - cpu_before;
+    let split = cpu_split(pids);
+    let (user, system) = (split.0 - split_before.0, split.1 - split_before.1);
     for task in tasks {
         task.abort();
     }
@@ -760,11 +807,14 @@ async fn fanout(
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock"))?;
     println!(
-        "fanout subscribers={subscribers} messages={messages} delivered={delivered}/{expected} elapsed={elapsed:.2}s rate={:.0}/s p50={:.2}ms p99={:.2}ms server_cpu={cpu:.2}s cpu_per_delivered={:.2}us",
+        "fanout subscribers={subscribers} messages={messages} paced={} delivered={delivered}/{expected} elapsed={elapsed:.2}s rate={:.0}/s p50={:.2}ms p99={:.2}ms server_cpu={cpu:.2}s cpu_per_delivered={:.2}us user_per_delivered={:.2}us system_per_delivered={:.2}us",
+        pace.rate.map_or("no".to_owned(), |r| format!("{r}/s")),
         delivered as f64 / elapsed,
         histogram.value_at_quantile(0.5) as f64 / 1000.0,
         histogram.value_at_quantile(0.99) as f64 / 1000.0,
-        cpu / delivered.max(1) as f64 * 1e6
+        cpu / delivered.max(1) as f64 * 1e6,
+        user / delivered.max(1) as f64 * 1e6,
+        system / delivered.max(1) as f64 * 1e6
     );
     Ok(())
 }

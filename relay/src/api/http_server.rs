@@ -65,9 +65,15 @@ pub async fn serve(
             tracker.spawn(refuse(stream, limits.max_connections));
             continue;
         };
-        // Nagle stays on, as with axum::serve: TCP_NODELAY cost 15 % more
-        // CPU per delivered message at saturation (BENCHMARKS.md); the
-        // latency work decides it with measurements at paced rates.
+        // TCP_NODELAY: with Nagle on, a small write waits for the ACK of
+        // the previous one, which the client delays (40 ms on Linux): at a
+        // paced 2,000 lines/s that was the p99 of file → subscriber. The
+        // writer coalesces what is queued into one flush anyway, so under
+        // load the writes stay big (BENCHMARKS.md, "File → subscriber
+        // latency").
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(
             router
                 .clone()
