@@ -175,17 +175,8 @@ enum Mode {
 
 /// utime + stime of the processes, seconds.
 fn cpu_seconds(pids: &[u32]) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            let after = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .sum()
+    let (user, system) = cpu_split(pids);
+    user + system
 }
 
 /// Resident memory of the processes, bytes.
