@@ -52,6 +52,19 @@ pub enum UplinkError {
     Lost(String),
 }
 
+/// A lost connection, with its cause: "connection lost: reset by peer"
+/// (the relay restarted and reset it), "…: timed out", ...
+fn lost(error: impl std::error::Error) -> UplinkError {
+    let mut reason = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    UplinkError::Lost(reason)
+}
+
 fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -210,10 +223,7 @@ pub async fn connect(
         .await
         .map_err(|_| UplinkError::Connect(format!("no answer from {address} within 10s")))?
         .map_err(|e| UplinkError::Connect(e.to_string()))?;
-    let (mut send, recv) = connection
-        .open_bi()
-        .await
-        .map_err(|e| UplinkError::Lost(e.to_string()))?;
+    let (mut send, recv) = connection.open_bi().await.map_err(lost)?;
     let hello = AgentMessage::Hello(Hello {
         agent_id: settings.agent_id.clone(),
         host: settings.host.clone(),
@@ -224,9 +234,7 @@ pub async fn connect(
     let mut out = Vec::new();
     wire::encode_frame(&hello, &mut out, settings.max_frame)
         .map_err(|e| UplinkError::Protocol(e.to_string()))?;
-    send.write_all(&out)
-        .await
-        .map_err(|e| UplinkError::Lost(e.to_string()))?;
+    send.write_all(&out).await.map_err(lost)?;
     let mut session = Session {
         connection,
         send,
@@ -259,10 +267,7 @@ pub async fn connect(
 impl Session {
     /// Writes one encoded frame.
     pub async fn send_frame(&mut self, frame: &[u8]) -> Result<(), UplinkError> {
-        self.send
-            .write_all(frame)
-            .await
-            .map_err(|e| UplinkError::Lost(e.to_string()))
+        self.send.write_all(frame).await.map_err(lost)
     }
 
     /// The next message from the relay. Cancel-safe: bytes read stay in
@@ -279,7 +284,7 @@ impl Session {
             match self.recv.read(&mut self.buffer).await {
                 Ok(Some(n)) => self.reader.extend(&self.buffer[..n]),
                 Ok(None) => return Err(UplinkError::Lost("the relay closed the stream".into())),
-                Err(e) => return Err(UplinkError::Lost(e.to_string())),
+                Err(e) => return Err(lost(e)),
             }
         }
     }

@@ -152,12 +152,19 @@ pub async fn bind(config: &RelayConfig, with_uplink: bool) -> Result<Listeners, 
             &config.uplink.key,
             Duration::from_secs(config.uplink.idle_timeout_secs),
         )?;
-        let endpoint = quinn::Endpoint::server(server, config.uplink.listen).map_err(|source| {
-            BindError::Uplink {
-                address: config.uplink.listen,
-                source,
-            }
-        })?;
+        let endpoint_config = ingest::endpoint_config(&config.uplink.key)?;
+        let uplink_error = |source| BindError::Uplink {
+            address: config.uplink.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.uplink.listen).map_err(uplink_error)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(uplink_error)?;
         Some(endpoint)
     } else {
         None

@@ -23,7 +23,7 @@ fn agent_extra(log: &std::path::Path) -> String {
 struct WebHost {
     relay: Relay,
     log: std::path::PathBuf,
-    _agent: Agent,
+    agent: Agent,
     // Dropped last: the files of all of the above.
     _dir: tempfile::TempDir,
 }
@@ -42,7 +42,7 @@ impl WebHost {
         WebHost {
             relay,
             log,
-            _agent: agent,
+            agent,
             _dir: dir,
         }
     }
@@ -159,6 +159,15 @@ async fn relay_sigkill_and_restart_loses_no_line() {
     assert!(
         overlap <= 200,
         "overlap of {overlap} lines is more than the in-flight window"
+    );
+    // The restarted relay keeps its stateless-reset and connection-id keys
+    // (derived from its private key), so it answers the agent's packets for
+    // the old connection with a reset the agent recognises, instead of the
+    // agent waiting out its idle timeout.
+    let agent_log = web.agent.log();
+    assert!(
+        agent_log.contains("connection lost: reset by peer"),
+        "the agent saw a reset, not a timeout:\n{agent_log}"
     );
 }
 
