@@ -199,7 +199,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let _ = sender.await;
     let _ = checkpointer.await;
     pipeline::write_checkpoint(&checkpoint_path, &spool, &acked, true);
-    if let Err(error) = pipeline::lock(&spool).maybe_sync() {
+    if let Err(error) = spool.lock().maybe_sync() {
         tracing::error!(%error, "cannot fsync the spool");
     }
     Ok(())

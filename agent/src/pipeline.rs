@@ -9,7 +9,7 @@
 //! are never dropped here; the files themselves are the buffer); metric
 //! samples are dropped and counted instead (the next sample replaces them).
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,10 +81,6 @@ pub struct AgentStats {
     pub batches_acked: AtomicU64,
     pub metric_samples_dropped: AtomicU64,
     pub connected: AtomicU64,
-}
-
-pub fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
-    spool.lock()
 }
 
 /// The batching policy, without I/O: events in, whole batches out. Like
@@ -237,7 +233,7 @@ pub fn run_batcher(
             return;
         };
         let count = batch.len() as u64;
-        let result = lock(&spool).append_batch(batch, positions);
+        let result = spool.lock().append_batch(batch, positions);
         match result {
             Ok(_) => {
                 stats.batches_spooled.fetch_add(1, Ordering::Relaxed);
@@ -260,7 +256,7 @@ pub fn run_batcher(
             Ok(Event::UplinkIdle) => flush(&mut batcher),
             Ok(event) => {
                 batcher.add(event, Instant::now());
-                let idle = lock(&spool).unacked_batches() == 0;
+                let idle = spool.lock().unacked_batches() == 0;
                 if batcher.should_flush(idle) {
                     flush(&mut batcher);
                 }
@@ -414,7 +410,7 @@ async fn ship(
     shutdown: &CancellationToken,
 ) -> Result<(), UplinkError> {
     let mut next = {
-        let spool = lock(spool);
+        let spool = spool.lock();
         spool.first_unacked().unwrap_or(spool.next_sequence())
     };
     let mut draining_since: Option<Instant> = None;
@@ -422,7 +418,7 @@ async fn ship(
         // Fill the window.
         loop {
             let frame = {
-                let spool = lock(spool);
+                let spool = spool.lock();
                 let in_flight = next.saturating_sub(spool.acked() + 1);
                 if next >= spool.next_sequence() || in_flight >= max_in_flight as u64 {
                     None
@@ -447,7 +443,7 @@ async fn ship(
             next += 1;
         }
         if let Some(since) = draining_since {
-            let done = lock(spool).unacked_batches() == 0;
+            let done = spool.lock().unacked_batches() == 0;
             if done || since.elapsed() > Duration::from_secs(2) {
                 session.close().await;
                 return Ok(());
@@ -457,7 +453,7 @@ async fn ship(
             ack = session.next_ack() => {
                 let sequence = ack?;
                 let (positions, idle) = {
-                    let mut spool = lock(spool);
+                    let mut spool = spool.lock();
                     (spool.ack(sequence), spool.unacked_batches() == 0)
                 };
                 if idle {
@@ -535,7 +531,7 @@ pub fn write_checkpoint(
     };
     match checkpoint::store(path, &snapshot) {
         Ok(()) => {
-            if let Err(error) = lock(spool).release(snapshot.acked_sequence) {
+            if let Err(error) = spool.lock().release(snapshot.acked_sequence) {
                 tracing::error!(%error, "cannot delete acknowledged spool segments");
             }
         }
