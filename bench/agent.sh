@@ -31,7 +31,7 @@ rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 
 $BIN/o1-relay certs --out "$DIR/tls" --name localhost > "$DIR/certs.out"
 TOKEN=$(grep '^token = ' "$DIR/certs.out" | cut -d'"' -f2)
-HASH=$(grep 'token_sha256' "$DIR/certs.out" | cut -d'"' -f2)
+HASH=$(grep '^sha256 = ' "$DIR/certs.out" | cut -d'"' -f2)
 cat > "$DIR/relay.toml" <<TOML
 [http]
 listen = "127.0.0.1:3910"
@@ -40,7 +40,11 @@ listen = "127.0.0.1:4910"
 cert = "$DIR/tls/relay.crt"
 key = "$DIR/tls/relay.key"
 [auth]
-token_sha256 = ["$HASH"]
+browsers = "open"
+[[auth.token]]
+name = "bench"
+sha256 = "$HASH"
+role = "admin"
 [history]
 lines_per_source = 100
 TOML

@@ -13,7 +13,7 @@ DIR=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
 $BIN/o1-relay certs --out "$DIR/tls" --name localhost > "$DIR/certs.out"
 TOKEN=$(grep '^token = ' "$DIR/certs.out" | cut -d'"' -f2)
-HASH=$(grep 'token_sha256' "$DIR/certs.out" | cut -d'"' -f2)
+HASH=$(grep '^sha256 = ' "$DIR/certs.out" | cut -d'"' -f2)
 cat > "$DIR/relay.toml" <<TOML
 [http]
 listen = "127.0.0.1:3920"
@@ -22,7 +22,11 @@ listen = "127.0.0.1:4920"
 cert = "$DIR/tls/relay.crt"
 key = "$DIR/tls/relay.key"
 [auth]
-token_sha256 = ["$HASH"]
+browsers = "open"
+[[auth.token]]
+name = "bench"
+sha256 = "$HASH"
+role = "admin"
 TOML
 cat > "$DIR/agent.toml" <<TOML
 host = "rc-host"

@@ -18,7 +18,7 @@ DIR=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$DIR/nginx.pid" ] && kill "$(cat "$DIR/nginx.pid")" 2>/dev/null; rm -rf "$DIR"' EXIT
 $BIN/o1-relay certs --out "$DIR/tls" --name localhost --name 127.0.0.1 > "$DIR/certs.out"
 TOKEN=$(grep '^token = ' "$DIR/certs.out" | cut -d'"' -f2)
-HASH=$(grep 'token_sha256' "$DIR/certs.out" | cut -d'"' -f2)
+HASH=$(grep '^sha256 = ' "$DIR/certs.out" | cut -d'"' -f2)
 
 start_relay() {
   cat > "$DIR/relay.toml" <<TOML
@@ -29,7 +29,11 @@ listen = "127.0.0.1:4900"
 cert = "$DIR/tls/relay.crt"
 key = "$DIR/tls/relay.key"
 [auth]
-token_sha256 = ["$HASH"]
+browsers = "open"
+[[auth.token]]
+name = "bench"
+sha256 = "$HASH"
+role = "admin"
 [websocket]
 max_connections = 20000
 max_connections_per_address = 20000

@@ -49,7 +49,16 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
     config.uplink.listen = options.uplink;
     config.uplink.cert = tls.join("relay.crt");
     config.uplink.key = tls.join("relay.key");
-    config.auth.token_sha256 = vec![o1_relay::auth::hash_token(&token)];
+    // The demo runs on loopback for one person: browsers read without a
+    // token (the seed page's examples run unchanged); the local agent has
+    // an agent token for this host only.
+    config.auth.browsers = o1_relay::config::BrowserAccess::Open;
+    config.auth.token = vec![o1_relay::config::TokenConfig {
+        name: "demo agent".into(),
+        sha256: o1_relay::auth::hash_token(&token),
+        role: o1_relay::auth::Role::Agent,
+        hosts: vec!["*".into()],
+    }];
     config.shutdown.grace_secs = 3;
     config.validate()?;
     let listeners = bind(&config, true).await?;

@@ -50,8 +50,13 @@ pub struct RelayConfig {
     pub server_name: Option<String>,
     /// PEM file of the CA that signed the relay's certificate.
     pub ca: Option<PathBuf>,
-    /// The agent's token.
+    /// The agent's token (not needed with a client certificate).
     pub token: String,
+    /// PEM client certificate and key (mutual TLS), from `o1-relay certs
+    /// --agent HOST`: the relay then knows this agent by its certificate,
+    /// whose name must be this host's name.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// Development only: accept any relay certificate. Logged loudly.
     pub insecure_skip_verify: bool,
     /// Most batches sent and not yet acknowledged.
@@ -70,6 +75,8 @@ impl Default for RelayConfig {
             server_name: None,
             ca: None,
             token: String::new(),
+            client_cert: None,
+            client_key: None,
             insecure_skip_verify: false,
             max_in_flight: 32,
             min_backoff_ms: 200,
@@ -324,6 +331,12 @@ impl AgentConfig {
             return Err(invalid(
                 "relay.address",
                 format!("`{}` is not host:port", self.relay.address),
+            ));
+        }
+        if self.relay.client_cert.is_some() != self.relay.client_key.is_some() {
+            return Err(invalid(
+                "relay.client_cert",
+                "set both relay.client_cert and relay.client_key, or neither",
             ));
         }
         if self.relay.max_in_flight == 0 {

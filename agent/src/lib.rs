@@ -89,6 +89,11 @@ pub fn uplink_settings(config: &AgentConfig, agent_id: String) -> UplinkSettings
         ca: config.relay.ca.clone(),
         insecure_skip_verify: config.relay.insecure_skip_verify,
         token: config.relay.token.clone(),
+        client_cert: config
+            .relay
+            .client_cert
+            .clone()
+            .zip(config.relay.client_key.clone()),
         host: config.host_name(),
         agent_id,
         applications: config.applications.iter().map(|a| a.name.clone()).collect(),

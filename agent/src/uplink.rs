@@ -19,6 +19,8 @@ pub struct UplinkSettings {
     pub ca: Option<std::path::PathBuf>,
     pub insecure_skip_verify: bool,
     pub token: String,
+    /// Client certificate and key files (mutual TLS).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub host: String,
     pub agent_id: String,
     pub applications: Vec<String>,
@@ -152,6 +154,21 @@ pub fn client_config(settings: &UplinkSettings) -> Result<quinn::ClientConfig, U
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
             .with_no_client_auth()
+    } else if let Some((cert, key)) = &settings.client_cert {
+        let Some(ca) = &settings.ca else {
+            return Err(UplinkError::Tls(
+                "relay.ca is not set: name the CA file that signed the relay's certificate".into(),
+            ));
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<_, _>>())
+            .map_err(|e| UplinkError::Tls(format!("{}: {e}", cert.display())))?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| UplinkError::Tls(format!("{}: {e}", key.display())))?;
+        builder
+            .with_root_certificates(load_roots(ca)?)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| UplinkError::Tls(format!("client certificate: {e}")))?
     } else {
         let Some(ca) = &settings.ca else {
             return Err(UplinkError::Tls(
@@ -228,7 +245,13 @@ pub async fn connect(
         agent_id: settings.agent_id.clone(),
         host: settings.host.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        credentials: Credentials::Token(settings.token.clone()),
+        // With a certificate and no token, the certificate speaks for
+        // the agent.
+        credentials: if settings.client_cert.is_some() && settings.token.is_empty() {
+            Credentials::ClientCertificate
+        } else {
+            Credentials::Token(settings.token.clone())
+        },
         applications: settings.applications.clone(),
     });
     let mut out = Vec::new();

@@ -29,6 +29,26 @@ pub enum ClientMessage {
     SubscribeMetrics(SubscribeMetrics),
     Unsubscribe(Unsubscribe),
     Ping(Ping),
+    /// Present a token (the first message, when the relay asks for one).
+    Authenticate(Authenticate),
+}
+
+/// `{"type":"authenticate","token":…}`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authenticate {
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+}
+
+impl std::fmt::Debug for Authenticate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticate")
+            .field("token", &"<redacted>")
+            .field("request_id", &self.request_id)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +130,7 @@ pub struct Ping {
 impl ClientMessage {
     /// The names of the client message types, for error messages.
     pub const TYPES: &'static str =
-        "subscribe, subscribe-logs, subscribe-metrics, unsubscribe, ping";
+        "subscribe, subscribe-logs, subscribe-metrics, unsubscribe, ping, authenticate";
 
     /// Decodes one client text frame, with an error precise enough to send
     /// back as `invalid_message`: which field, what was expected.
@@ -176,6 +196,7 @@ impl ClientMessage {
             "subscribe-metrics" => ClientMessage::SubscribeMetrics(typed(&value, &request_id)?),
             "unsubscribe" => ClientMessage::Unsubscribe(typed(&value, &request_id)?),
             "ping" => ClientMessage::Ping(typed(&value, &request_id)?),
+            "authenticate" => ClientMessage::Authenticate(typed(&value, &request_id)?),
             other => {
                 return Err(error(
                     "type",
@@ -196,6 +217,7 @@ impl ClientMessage {
             ClientMessage::SubscribeMetrics(m) => m.request_id.as_ref(),
             ClientMessage::Unsubscribe(m) => m.request_id.as_ref(),
             ClientMessage::Ping(m) => m.request_id.as_ref(),
+            ClientMessage::Authenticate(m) => m.request_id.as_ref(),
         }
     }
 }
@@ -240,6 +262,7 @@ pub enum ServerMessage {
     Pong(Pong),
     Dropped(Dropped),
     Error(ErrorMessage),
+    Authenticated(Authenticated),
 }
 
 impl ServerMessage {
@@ -256,6 +279,7 @@ impl ServerMessage {
 /// Deployment lifecycle states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DeploymentStatus {
     Pending,
     Running,
@@ -369,6 +393,19 @@ pub struct Pong {
     pub timestamp: Timestamp,
 }
 
+/// The answer to a good `authenticate`: what the token may do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authenticated {
+    /// `reader` or `admin`.
+    pub role: String,
+    /// The host globs the token covers (`["*"]`: every host).
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+    pub timestamp: Timestamp,
+}
+
 /// Tells a slow reader how many messages of a subscription it missed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -380,6 +417,7 @@ pub struct Dropped {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorCode {
     ConnectionFailed,
     SubscriptionFailed,
@@ -391,6 +429,7 @@ pub enum ErrorCode {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorMessage {
     pub code: ErrorCode,
     pub message: String,
@@ -433,6 +472,7 @@ impl ErrorMessage {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatsResponse {
     pub total_connections: u64,
     pub pool_stats: PoolStats,
@@ -442,6 +482,7 @@ pub struct StatsResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolStats {
     pub active: u64,
     pub idle: u64,
@@ -450,6 +491,7 @@ pub struct PoolStats {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatcherStats {
     pub batches_processed: u64,
     pub messages_processed: u64,
@@ -458,6 +500,7 @@ pub struct BatcherStats {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessorStats {
     pub messages_processed: u64,
     pub errors: u64,
@@ -467,6 +510,7 @@ pub struct ProcessorStats {
 /// Ingest-to-socket latency, milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PerformanceMetrics {
     pub average_response_time: f64,
     pub p95: f64,
@@ -474,6 +518,7 @@ pub struct PerformanceMetrics {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsResponse {
     pub connections: ConnectionCounts,
     pub messages: MessageCounts,
@@ -481,6 +526,7 @@ pub struct MetricsResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectionCounts {
     pub current: u64,
     pub peak: u64,
@@ -488,6 +534,7 @@ pub struct ConnectionCounts {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageCounts {
     pub sent: u64,
     pub received: u64,
@@ -496,6 +543,7 @@ pub struct MessageCounts {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessPerformance {
     /// Like `15d 6h 30m`.
     pub uptime: String,
@@ -507,6 +555,7 @@ pub struct ProcessPerformance {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum HealthStatus {
     Healthy,
     Degraded,
@@ -515,6 +564,7 @@ pub enum HealthStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthResponse {
     pub status: HealthStatus,
     pub connection_count: u64,

@@ -111,6 +111,22 @@ impl<'de> Deserialize<'de> for Level {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Level {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Level::ALL.iter().map(|l| l.as_str())))
+            .description(Some(
+                "Log level; requests also accept the usual aliases (WARN, ERR, FATAL, ...)",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Level {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use crate::{Level, Timestamp};
 
 /// `GET /api/hosts`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostsResponse {
     /// Sorted by host name.
     pub hosts: Vec<HostView>,
@@ -17,6 +18,7 @@ pub struct HostsResponse {
 /// One host of the inventory.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostView {
     pub host: String,
     pub agent_id: String,
@@ -30,6 +32,7 @@ pub struct HostView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApplicationView {
     pub name: String,
     pub last_seen: Option<Timestamp>,
@@ -38,6 +41,7 @@ pub struct ApplicationView {
 /// One deployment, as `GET /api/deployments/{id}` and every change answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentView {
     pub deployment_id: String,
     pub application: String,
@@ -53,6 +57,7 @@ pub struct DeploymentView {
 
 /// `GET /api/deployments?limit=&before=`: newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentPage {
     pub deployments: Vec<DeploymentView>,
     /// The `before` of the next page; `null` on the last.
@@ -61,6 +66,8 @@ pub struct DeploymentPage {
 
 /// Query of `GET /api/deployments`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Most deployments in the answer (default 100, at most 1000).
@@ -72,6 +79,7 @@ pub struct ListQuery {
 /// `POST /api/deployments`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateDeployment {
     pub deployment_id: Option<String>,
     pub application: String,
@@ -83,6 +91,7 @@ pub struct CreateDeployment {
 /// `POST /api/deployments/{id}/events`: log lines, then a state change.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentEventRequest {
     pub status: Option<DeploymentStatus>,
     pub progress: Option<i64>,
@@ -95,6 +104,7 @@ pub struct DeploymentEventRequest {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogLineRequest {
     pub level: Option<Level>,
     pub message: String,

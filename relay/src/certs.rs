@@ -115,6 +115,56 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<Generated, CertsError> {
     })
 }
 
+/// What `issue_agent` wrote.
+#[derive(Debug)]
+pub struct AgentCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca_cert: PathBuf,
+}
+
+/// Issues a client certificate for agent `host` from the CA in `dir`
+/// (made by [`generate`]): `agents/<host>.crt` and `.key`. Its name is the
+/// host, so the relay knows the agent by it (`uplink.client_ca`).
+pub fn issue_agent(dir: &Path, host: &str) -> Result<AgentCertificate, CertsError> {
+    let ca_cert_path = dir.join("ca.crt");
+    let ca_key_path = dir.join("ca.key");
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| CertsError::Io { path, source }
+    };
+    let ca_key = KeyPair::from_pem(&fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?)?;
+    if !ca_cert_path.exists() {
+        return Err(CertsError::Io {
+            path: ca_cert_path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no CA here: run `o1-relay certs --name …` first",
+            ),
+        });
+    }
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let mut params = CertificateParams::new(vec![host.to_owned()])?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, host);
+    params.distinguished_name = name;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let agents = dir.join("agents");
+    fs::create_dir_all(&agents).map_err(io(&agents))?;
+    let cert_path = agents.join(format!("{host}.crt"));
+    let key_path = agents.join(format!("{host}.key"));
+    write_file(&key_path, &key.serialize_pem(), 0o600)?;
+    write_file(&cert_path, &cert.pem(), 0o644)?;
+    Ok(AgentCertificate {
+        cert: cert_path,
+        key: key_path,
+        ca_cert: ca_cert_path,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +187,14 @@ mod tests {
         assert!(second.reused_ca);
         assert_eq!(fs::read(&second.ca_cert).unwrap(), ca_before);
         assert_ne!(first.token, second.token);
+        let agent = issue_agent(dir.path(), "web-01").unwrap();
+        assert!(agent.cert.ends_with("agents/web-01.crt"));
+        let mode = fs::metadata(&agent.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let empty = tempfile::tempdir().unwrap();
+        assert!(
+            issue_agent(empty.path(), "web-01").is_err(),
+            "no CA, no certificate"
+        );
     }
 }

@@ -40,6 +40,24 @@ pub struct HttpConfig {
     /// the client: per-address limits then count the client, not the proxy.
     /// Empty (default): those headers are ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// PEM certificate chain and key: with both, the listener serves
+    /// `https` and `wss` only (reloaded on SIGHUP). `o1-relay certs` makes
+    /// a certificate that fits.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Origins (`scheme://host[:port]`, exact) whose pages may open the
+    /// WebSocket; always also the relay's own origin, and any loopback
+    /// origin when the listener is on loopback. An upgrade with another
+    /// `Origin` gets 403; one without `Origin` (scripts) is not a browser
+    /// and is let through.
+    pub allowed_origins: Vec<String>,
+    /// Host names (`Host` header, without port) requests may name, against
+    /// DNS rebinding. Unset: on a loopback listener only loopback names
+    /// (`localhost`, `127.0.0.1`, `::1`); on other listeners any (with a
+    /// warning at start).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Serve `GET /metrics` without a token.
+    pub metrics_open: bool,
 }
 
 impl Default for HttpConfig {
@@ -49,6 +67,11 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             header_timeout_secs: 10,
             trusted_proxies: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            allowed_origins: Vec::new(),
+            allowed_hosts: None,
+            metrics_open: false,
         }
     }
 }
@@ -165,6 +188,10 @@ pub struct UplinkConfig {
     /// A host disconnected and silent for this long leaves the inventory
     /// (`/api/hosts`), seconds.
     pub forget_hosts_after_secs: u64,
+    /// PEM CA certificate(s) of agent client certificates (mutual TLS). Set:
+    /// an agent with a certificate it issued needs no token, and reports as
+    /// the host its certificate names (`o1-relay certs --agent HOST`).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for UplinkConfig {
@@ -178,16 +205,96 @@ impl Default for UplinkConfig {
             max_agents: 10_000,
             max_handshaking: 256,
             forget_hosts_after_secs: 7 * 24 * 3600,
+            client_ca: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Whether browsers and REST readers need a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrowserAccess {
+    /// Everyone who reaches the HTTP port reads everything (a trusted
+    /// network, the demo): the seed page's examples run unchanged.
+    Open,
+    /// A reader (or admin) token is needed: the first WebSocket message
+    /// `authenticate`, or `Authorization: Bearer` on the upgrade and on
+    /// REST reads.
+    #[default]
+    Token,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// SHA-256 (hex) of the tokens agents and REST publishers present.
-    /// `o1-relay certs` and `o1-relay hash-token` print them.
+    /// `"token"` (default) or `"open"`.
+    pub browsers: BrowserAccess,
+    /// The credentials: `[[auth.token]]` tables.
+    pub token: Vec<TokenConfig>,
+    /// Deprecated: SHA-256 digests of admin tokens (the form before roles).
+    /// Still accepted, as `admin`; a warning at start says so.
     pub token_sha256: Vec<String>,
+    /// Failed authentications allowed per client address and minute;
+    /// beyond, that address is refused until the minute ends.
+    pub failures_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            browsers: BrowserAccess::Token,
+            token: Vec::new(),
+            token_sha256: Vec::new(),
+            failures_per_minute: 20,
+        }
+    }
+}
+
+/// One `[[auth.token]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (for logs).
+    pub name: String,
+    /// SHA-256 (hex) of the token; `o1-relay token create` prints it.
+    pub sha256: String,
+    pub role: crate::auth::Role,
+    /// Host globs: the hosts an agent may report as, a reader may see, a
+    /// publisher may deploy to. Default: every host.
+    #[serde(default = "every_host")]
+    pub hosts: Vec<String>,
+}
+
+fn every_host() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl AuthConfig {
+    /// The verifier of every configured token (legacy digests as admin).
+    pub fn verifier(&self) -> crate::auth::TokenVerifier {
+        use crate::auth::{Credential, Role, Scope};
+        let tokens = self.token.iter().filter_map(|t| {
+            Some((
+                t.sha256.to_ascii_lowercase(),
+                Credential {
+                    name: std::sync::Arc::from(t.name.as_str()),
+                    role: t.role,
+                    scope: std::sync::Arc::new(Scope::parse(&t.hosts).ok()?),
+                },
+            ))
+        });
+        let legacy = self.token_sha256.iter().map(|digest| {
+            (
+                digest.to_ascii_lowercase(),
+                Credential {
+                    name: std::sync::Arc::from("auth.token_sha256"),
+                    role: Role::Admin,
+                    scope: std::sync::Arc::new(Scope::all()),
+                },
+            )
+        });
+        crate::auth::TokenVerifier::new(tokens.chain(legacy))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,12 +422,59 @@ impl RelayConfig {
                 message: "must be at least 1024".into(),
             });
         }
+        let is_digest = |d: &str| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit());
         for token in &self.auth.token_sha256 {
-            if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !is_digest(token) {
                 return Err(ConfigError::Invalid {
                     key: "auth.token_sha256",
                     message: format!(
-                        "`{token}` is not a SHA-256 hex digest (64 hex digits); use `o1-relay hash-token`"
+                        "`{token}` is not a SHA-256 hex digest (64 hex digits); use `o1-relay token create`"
+                    ),
+                });
+            }
+        }
+        for token in &self.auth.token {
+            if !is_digest(&token.sha256) {
+                return Err(ConfigError::Invalid {
+                    key: "auth.token.sha256",
+                    message: format!(
+                        "token `{}`: `{}` is not a SHA-256 hex digest (64 hex digits); use `o1-relay token create`",
+                        token.name, token.sha256
+                    ),
+                });
+            }
+            if token.hosts.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "auth.token.hosts",
+                    message: format!(
+                        "token `{}` covers no host: list globs, or leave `hosts` out for every host",
+                        token.name
+                    ),
+                });
+            }
+            if let Err(e) = crate::auth::Scope::parse(&token.hosts) {
+                return Err(ConfigError::Invalid {
+                    key: "auth.token.hosts",
+                    message: format!("token `{}`: {e}", token.name),
+                });
+            }
+        }
+        positive(
+            "auth.failures_per_minute",
+            u64::from(self.auth.failures_per_minute),
+        )?;
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "http.tls_cert",
+                message: "set both http.tls_cert and http.tls_key, or neither".into(),
+            });
+        }
+        for origin in &self.http.allowed_origins {
+            if crate::api::origin::parse_origin(origin).is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "http.allowed_origins",
+                    message: format!(
+                        "`{origin}` is not an origin: write scheme://host[:port], e.g. https://ops.example.com"
                     ),
                 });
             }
@@ -372,6 +526,20 @@ mod tests {
             ),
             ("[http]\nlisten = \"nowhere\"\n", "listen"),
             ("[auth]\ntoken_sha256 = [\"abc\"]\n", "auth.token_sha256"),
+            (
+                "[[auth.token]]\nname = \"a\"\nsha256 = \"x\"\nrole = \"reader\"\n",
+                "auth.token.sha256",
+            ),
+            (
+                "[[auth.token]]\nname = \"a\"\nsha256 = \"x\"\nrole = \"root\"\n",
+                "role",
+            ),
+            ("[auth]\nbrowsers = \"maybe\"\n", "browsers"),
+            ("[http]\ntls_cert = \"/x\"\n", "http.tls_cert"),
+            (
+                "[http]\nallowed_origins = [\"evil.example\"]\n",
+                "http.allowed_origins",
+            ),
             ("[nonsense]\n", "nonsense"),
         ];
         for (text, key) in table {

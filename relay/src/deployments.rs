@@ -84,6 +84,8 @@ pub enum DeploymentError {
     TooManyActive(usize),
     #[error("field `{0}` is too long: at most {1} bytes")]
     TooLong(&'static str, usize),
+    #[error("this credential does not cover every host of deployment `{0}`")]
+    Forbidden(String),
 }
 
 /// Longest application or host name of a deployment.
@@ -350,8 +352,14 @@ impl Registry {
     /// One page of the list, newest first: up to `limit` deployments after
     /// the one with id `before` (from the start when `None`), and whether
     /// more follow.
-    pub fn page(&self, before: Option<&str>, limit: usize) -> (Vec<DeploymentView>, bool) {
-        let all = self.list();
+    /// One page of the deployments `visible` lets through, newest first.
+    pub fn page(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+        visible: impl Fn(&Deployment) -> bool,
+    ) -> (Vec<DeploymentView>, bool) {
+        let all: Vec<&Deployment> = self.list().into_iter().filter(|d| visible(d)).collect();
         let start = match before {
             Some(id) => all
                 .iter()
@@ -564,21 +572,27 @@ mod tests {
                 .map(|d| d.deployment_id.clone())
                 .collect::<Vec<_>>()
         };
-        let (first, more) = registry.page(None, 2);
+        let (first, more) = registry.page(None, 2, |_| true);
         assert_eq!(
             (ids(&first), more),
             (vec!["d4".to_owned(), "d3".into()], true)
         );
-        let (second, more) = registry.page(Some("d3"), 2);
+        let (second, more) = registry.page(Some("d3"), 2, |_| true);
         assert_eq!(
             (ids(&second), more),
             (vec!["d2".to_owned(), "d1".into()], true)
         );
-        let (last, more) = registry.page(Some("d1"), 2);
+        let (last, more) = registry.page(Some("d1"), 2, |_| true);
         assert_eq!((ids(&last), more), (vec!["d0".to_owned()], false));
         assert!(
-            registry.page(Some("gone"), 2).0.is_empty(),
+            registry.page(Some("gone"), 2, |_| true).0.is_empty(),
             "an unknown cursor is past the end"
+        );
+        // Pages count only what the caller may see.
+        let (visible, more) = registry.page(None, 2, |d| d.deployment_id != "d4");
+        assert_eq!(
+            (ids(&visible), more),
+            (vec!["d3".to_owned(), "d2".into()], true)
         );
     }
 

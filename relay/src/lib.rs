@@ -50,6 +50,10 @@ pub struct AppState {
     pub inventory: Arc<Inventory>,
     pub gate: Arc<ConnectionGate>,
     pub tokens: Arc<TokenVerifier>,
+    /// Failed authentications per client address.
+    pub failures: Arc<auth::FailureLimiter>,
+    /// `Origin` and `Host` allow-lists.
+    pub origins: Arc<api::origin::OriginPolicy>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     /// Refusals and similar warnings: each kind at most once a minute.
@@ -67,7 +71,13 @@ impl AppState {
                 config.websocket.max_subscriptions_per_address,
                 config.websocket.queue_bytes_per_address,
             )),
-            tokens: Arc::new(TokenVerifier::new(&config.auth.token_sha256)),
+            tokens: Arc::new(config.auth.verifier()),
+            failures: Arc::new(auth::FailureLimiter::new(config.auth.failures_per_minute)),
+            origins: Arc::new(api::origin::OriginPolicy::new(
+                &config.http.allowed_origins,
+                config.http.allowed_hosts.as_deref(),
+                config.http.listen.ip().is_loopback(),
+            )),
             log_limiter: Arc::new(ingest::LogLimiter::default()),
             config: Arc::new(config),
             hub,
@@ -80,6 +90,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let checked = axum::middleware::from_fn_with_state(state.clone(), api::rest::check_host);
     Router::new()
         .route("/api/websocket", get(api::websocket::upgrade))
         .route("/api/websocket/stats", get(api::rest::stats))
@@ -100,7 +111,9 @@ pub fn router(state: AppState) -> Router {
             "/api/deployments/{id}/cancel",
             post(api::rest::cancel_deployment),
         )
+        .route("/api/openapi.json", get(api::openapi::document))
         .fallback(api::rest::not_found)
+        .layer(checked)
         .with_state(state)
 }
 
@@ -109,6 +122,8 @@ pub fn router(state: AppState) -> Router {
 #[derive(Debug)]
 pub struct Listeners {
     pub http: tokio::net::TcpListener,
+    /// The HTTPS certificate, when `http.tls_cert` is set.
+    pub http_tls: Option<Arc<api::tls::ReloadableCert>>,
     pub uplink: Option<quinn::Endpoint>,
 }
 
@@ -129,8 +144,12 @@ pub enum BindError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("uplink TLS (uplink.cert / uplink.key; `o1-relay certs` makes them): {0}")]
+    #[error(
+        "uplink TLS (uplink.cert / uplink.key / uplink.client_ca; `o1-relay certs` makes them): {0}"
+    )]
     Tls(#[from] ingest::TlsSetupError),
+    #[error("HTTPS (http.tls_cert / http.tls_key): {0}")]
+    HttpTls(ingest::TlsSetupError),
     #[error("cannot listen on udp {address} (uplink.listen): {source}")]
     Uplink {
         address: SocketAddr,
@@ -140,6 +159,12 @@ pub enum BindError {
 
 /// Binds the HTTP listener and, when `with_uplink`, the QUIC endpoint.
 pub async fn bind(config: &RelayConfig, with_uplink: bool) -> Result<Listeners, BindError> {
+    let http_tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            api::tls::ReloadableCert::new(cert, key).map_err(BindError::HttpTls)?,
+        )),
+        _ => None,
+    };
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| BindError::Http {
@@ -150,6 +175,7 @@ pub async fn bind(config: &RelayConfig, with_uplink: bool) -> Result<Listeners, 
         let server = ingest::server_config(
             &config.uplink.cert,
             &config.uplink.key,
+            config.uplink.client_ca.as_deref(),
             Duration::from_secs(config.uplink.idle_timeout_secs),
         )?;
         let endpoint_config = ingest::endpoint_config(&config.uplink.key)?;
@@ -169,7 +195,79 @@ pub async fn bind(config: &RelayConfig, with_uplink: bool) -> Result<Listeners, 
     } else {
         None
     };
-    Ok(Listeners { http, uplink })
+    Ok(Listeners {
+        http,
+        http_tls,
+        uplink,
+    })
+}
+
+/// SIGHUP reads the HTTPS certificate again (certbot's deploy hook; the
+/// systemd unit's `ExecReload`). Without TLS there is nothing to reload,
+/// and the signal is only logged (it must not end the relay).
+async fn reload_on_hangup(
+    cert: Option<Arc<api::tls::ReloadableCert>>,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: certificates reload only on restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = hangups.recv() => if received.is_none() { return },
+        }
+        match &cert {
+            Some(cert) => match cert.reload() {
+                Ok(()) => tracing::info!("SIGHUP: HTTPS certificate reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: the HTTPS certificate did not load; the one in use stays")
+                }
+            },
+            None => tracing::info!("SIGHUP: no HTTPS certificate to reload (http.tls_cert unset)"),
+        }
+    }
+}
+
+/// Says at start what access control allows, once: what an operator
+/// should know before the first request.
+fn warn_about_access(config: &RelayConfig, tokens: &TokenVerifier) {
+    use crate::auth::Role;
+    if !config.auth.token_sha256.is_empty() {
+        tracing::warn!(
+            tokens = config.auth.token_sha256.len(),
+            "auth.token_sha256 is deprecated: those tokens are admin tokens (every role, every host); \
+             give each holder an [[auth.token]] with a role and hosts (`o1-relay token create`)"
+        );
+    }
+    if tokens.is_empty() && config.uplink.client_ca.is_none() {
+        tracing::warn!(
+            "no tokens configured ([[auth.token]]): every agent and REST publisher will be refused"
+        );
+    }
+    match config.auth.browsers {
+        config::BrowserAccess::Open => tracing::warn!(
+            http = %config.http.listen,
+            "auth.browsers = \"open\": anyone who reaches the HTTP port reads every host's logs and metrics"
+        ),
+        config::BrowserAccess::Token
+            if tokens.count(Role::Reader) + tokens.count(Role::Admin) == 0 =>
+        {
+            tracing::warn!(
+                "auth.browsers = \"token\" but no reader or admin token is configured: no browser can read"
+            )
+        }
+        config::BrowserAccess::Token => {}
+    }
+    if config.http.allowed_hosts.is_none() && !config.http.listen.ip().is_loopback() {
+        tracing::warn!(
+            http = %config.http.listen,
+            "http.allowed_hosts is not set on a non-loopback listener: any Host header is served \
+             (DNS rebinding); list the names browsers use"
+        );
+    }
 }
 
 /// Serves until `shutdown` is cancelled, then drains: WebSocket clients get
@@ -179,11 +277,7 @@ pub async fn run(state: AppState, listeners: Listeners) {
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
     let grace = Duration::from_secs(state.config.shutdown.grace_secs);
-    if state.tokens.is_empty() {
-        tracing::warn!(
-            "no tokens configured (auth.token_sha256): every agent and REST publisher will be refused"
-        );
-    }
+    warn_about_access(&state.config, &state.tokens);
     // Deployments that stop reporting end as failed; hosts silent for
     // long leave the inventory.
     {
@@ -215,10 +309,25 @@ pub async fn run(state: AppState, listeners: Listeners) {
         max_connections: state.config.http.max_connections,
         header_timeout: Duration::from_secs(state.config.http.header_timeout_secs),
     };
+    let tls = match &listeners.http_tls {
+        Some(cert) => match cert.server_config() {
+            Ok(config) => Some(config),
+            Err(error) => {
+                tracing::error!(%error, "cannot configure HTTPS; not serving HTTP");
+                return;
+            }
+        },
+        None => None,
+    };
+    tracker.spawn(reload_on_hangup(
+        listeners.http_tls.clone(),
+        shutdown.clone(),
+    ));
     let server = tokio::spawn(api::http_server::serve(
         listeners.http,
         router(state.clone()),
         limits,
+        tls,
         state.stats.clone(),
         tracker.clone(),
         shutdown.clone(),

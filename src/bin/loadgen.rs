@@ -212,6 +212,7 @@ fn agent_settings(
         ca: Some(ca.to_owned()),
         insecure_skip_verify: false,
         token: token.to_owned(),
+        client_cert: None,
         host: host.to_owned(),
         agent_id: format!("{host}-{}", now_nanos()),
         applications: vec![application.into()],

@@ -65,7 +65,7 @@ impl Pki {
         Ok(Pki {
             dir: tls,
             token: quoted("token = ")?,
-            token_sha256: quoted("token_sha256 = ")?,
+            token_sha256: quoted("sha256 = ")?,
         })
     }
 
@@ -95,7 +95,7 @@ impl Relay {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("relay.toml");
         let base = format!(
-            "[http]\nlisten = \"{http}\"\n\n[uplink]\nlisten = \"{uplink}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[auth]\ntoken_sha256 = [\"{}\"]\n",
+            "[http]\nlisten = \"{http}\"\n\n[uplink]\nlisten = \"{uplink}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[auth]\nbrowsers = \"open\"\n\n[[auth.token]]\nname = \"tests\"\nsha256 = \"{}\"\nrole = \"admin\"\n",
             pki.dir.join("relay.crt").display(),
             pki.dir.join("relay.key").display(),
             pki.token_sha256
@@ -594,6 +594,7 @@ pub fn sim_settings(
         ca: Some(pki.ca()),
         insecure_skip_verify: false,
         token: token.to_owned(),
+        client_cert: None,
         host: host.to_owned(),
         agent_id: format!("sim-{host}"),
         applications: vec!["app".into()],

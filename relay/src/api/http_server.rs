@@ -30,15 +30,18 @@ pub struct HttpLimits {
 }
 
 /// Accepts and serves until `shutdown`; connections in progress are asked
-/// to finish (their tasks are in `tracker`).
+/// to finish (their tasks are in `tracker`). With `tls`, every connection
+/// is HTTPS (the TLS handshake has the header deadline too).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stats: Arc<Stats>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let log = crate::ingest::LogLimiter::default();
     loop {
@@ -79,23 +82,54 @@ pub async fn serve(
                 .clone()
                 .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))),
         );
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
+        let stats = stats.clone();
         tracker.spawn(async move {
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = &mut connection => {}
-                _ = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match tls {
+                None => serve_connection(stream, service, limits, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => serve_connection(stream, service, limits, shutdown).await,
+                        Ok(Err(error)) => {
+                            stats.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            stats.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
                 }
             }
             drop(permit);
         });
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends; on shutdown asks it
+/// to finish what is in progress.
+async fn serve_connection<I>(
+    stream: I,
+    service: TowerToHyperService<Router>,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = &mut connection => {}
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }
 

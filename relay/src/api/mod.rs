@@ -2,7 +2,11 @@
 //! ([`http_server`]), the WebSocket API ([`websocket`], its protocol logic
 //! in [`session`]) and the REST endpoints ([`rest`]).
 
+pub mod access;
 pub mod http_server;
+pub mod openapi;
+pub mod origin;
 pub mod rest;
 pub mod session;
+pub mod tls;
 pub mod websocket;

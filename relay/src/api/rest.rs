@@ -5,12 +5,15 @@
 // with a ready HTTP answer; the error path is cold, its size irrelevant.
 #![allow(clippy::result_large_err)]
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use o1_common::Level;
 use o1_common::Timestamp;
+#[allow(unused_imports)] // named by the OpenAPI annotations only
 use o1_common::api::{
     BatcherStats, ConnectionCounts, DeploymentStatus, ErrorCode, ErrorMessage, HealthResponse,
     HealthStatus, MessageCounts, MetricsResponse, PerformanceMetrics, PoolStats,
@@ -18,11 +21,19 @@ use o1_common::api::{
     format_uptime,
 };
 use o1_common::rest::{
-    CreateDeployment, DeploymentEventRequest, DeploymentPage, HostsResponse, ListQuery,
+    CreateDeployment, DeploymentEventRequest, DeploymentPage, DeploymentView, HostsResponse,
+    ListQuery,
 };
 
 use crate::AppState;
+use crate::api::access::{self, Denied};
 use crate::deployments::{DeploymentError, Update};
+
+/// The client address of a request (the proxy's client when the peer is a
+/// trusted proxy).
+fn client(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    crate::api::websocket::client_address(peer.ip(), headers, &state.config.http.trusted_proxies)
+}
 
 fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let body = ServerMessage::Error(ErrorMessage::new(code, message, Timestamp::now()));
@@ -34,7 +45,26 @@ fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Res
         .into_response()
 }
 
-pub async fn stats(State(state): State<AppState>) -> Json<StatsResponse> {
+#[utoipa::path(
+    get,
+    path = "/api/websocket/stats",
+    tag = "statistics",
+    description = "Connection, batching, processing and latency statistics (the seed page's shape).",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Statistics", body = StatsResponse),
+        (status = 401, description = "Missing or invalid token (`WWW-Authenticate: Bearer`)", body = ErrorMessage),
+        (status = 403, description = "The token's role or hosts do not allow this", body = ErrorMessage),
+        (status = 429, description = "Too many failed authentications from this address (`Retry-After`)", body = ErrorMessage),
+        (status = 421, description = "The `Host` header is not in `http.allowed_hosts`", body = ErrorMessage)
+    )
+)]
+pub async fn stats(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<StatsResponse>, Denied> {
+    access::reader(&state, &headers, client(&state, peer, &headers))?;
     let stats = &state.stats;
     let total = stats.connections_current.get();
     let active = stats.connections_active.get().min(total);
@@ -42,7 +72,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<StatsResponse> {
     let items = stats.items_ingested.get();
     let errors = stats.processing_errors.get();
     let (average, p95, p99) = stats.latency_millis();
-    Json(StatsResponse {
+    Ok(Json(StatsResponse {
         total_connections: total,
         pool_stats: PoolStats {
             active,
@@ -68,13 +98,32 @@ pub async fn stats(State(state): State<AppState>) -> Json<StatsResponse> {
             p95,
             p99,
         },
-    })
+    }))
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Json<MetricsResponse> {
+#[utoipa::path(
+    get,
+    path = "/api/websocket/metrics",
+    tag = "statistics",
+    description = "Connection and message counts and the relay process's resource use (the seed page's shape).",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Metrics", body = MetricsResponse),
+        (status = 401, description = "Missing or invalid token (`WWW-Authenticate: Bearer`)", body = ErrorMessage),
+        (status = 403, description = "The token's role or hosts do not allow this", body = ErrorMessage),
+        (status = 429, description = "Too many failed authentications from this address (`Retry-After`)", body = ErrorMessage),
+        (status = 421, description = "The `Host` header is not in `http.allowed_hosts`", body = ErrorMessage)
+    )
+)]
+pub async fn metrics(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<MetricsResponse>, Denied> {
+    access::reader(&state, &headers, client(&state, peer, &headers))?;
     let stats = &state.stats;
     let (cpu, memory) = stats.process_usage();
-    Json(MetricsResponse {
+    Ok(Json(MetricsResponse {
         connections: ConnectionCounts {
             current: stats.connections_current.get(),
             peak: stats.connections_peak.get(),
@@ -90,9 +139,19 @@ pub async fn metrics(State(state): State<AppState>) -> Json<MetricsResponse> {
             memory_usage: format_megabytes(memory),
             cpu_usage: format!("{cpu:.1}%"),
         },
-    })
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/websocket/health",
+    tag = "statistics",
+    description = "Health for load balancers: always open, never needs a token.",
+    responses(
+        (status = 200, description = "Healthy", body = HealthResponse),
+        (status = 503, description = "Degraded (connection limit reached) or shutting down", body = HealthResponse)
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     let connection_count = state.stats.connections_current.get();
     let (status, code) = if state.shutdown.is_cancelled() {
@@ -110,8 +169,32 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// `GET /metrics`: Prometheus text exposition.
-pub async fn prometheus(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: Prometheus text exposition (a reader or admin token
+/// unless `http.metrics_open`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "statistics",
+    description = "Prometheus/OpenMetrics text exposition; a reader or admin token unless `http.metrics_open`.",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 401, description = "Missing or invalid token (`WWW-Authenticate: Bearer`)", body = ErrorMessage),
+        (status = 403, description = "The token's role or hosts do not allow this", body = ErrorMessage),
+        (status = 429, description = "Too many failed authentications from this address (`Retry-After`)", body = ErrorMessage),
+        (status = 421, description = "The `Host` header is not in `http.allowed_hosts`", body = ErrorMessage)
+    )
+)]
+pub async fn prometheus(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !state.config.http.metrics_open
+        && let Err(denied) = access::reader(&state, &headers, client(&state, peer, &headers))
+    {
+        return denied.into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -122,33 +205,30 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /api/hosts`.
-pub async fn hosts(State(state): State<AppState>) -> Response {
-    Json(HostsResponse {
-        hosts: state.inventory.snapshot(),
-    })
-    .into_response()
-}
-
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match token {
-        Some(token) if state.tokens.verify(token) => Ok(()),
-        Some(_) => Err(error(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "Invalid token",
-        )),
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "Missing token: send `Authorization: Bearer <token>`",
-        )),
-    }
+/// `GET /api/hosts`: the hosts the caller may see.
+#[utoipa::path(
+    get,
+    path = "/api/hosts",
+    tag = "inventory",
+    description = "The hosts the caller may see, with their applications and last-seen times.",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Hosts, sorted by name", body = HostsResponse),
+        (status = 401, description = "Missing or invalid token (`WWW-Authenticate: Bearer`)", body = ErrorMessage),
+        (status = 403, description = "The token's role or hosts do not allow this", body = ErrorMessage),
+        (status = 429, description = "Too many failed authentications from this address (`Retry-After`)", body = ErrorMessage),
+        (status = 421, description = "The `Host` header is not in `http.allowed_hosts`", body = ErrorMessage)
+    )
+)]
+pub async fn hosts(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<HostsResponse>, Denied> {
+    let caller = access::reader(&state, &headers, client(&state, peer, &headers))?;
+    let mut hosts = state.inventory.snapshot();
+    hosts.retain(|h| caller.scope.allows(&h.host));
+    Ok(Json(HostsResponse { hosts }))
 }
 
 fn deployment_error(e: DeploymentError) -> Response {
@@ -161,13 +241,30 @@ fn deployment_error(e: DeploymentError) -> Response {
         | DeploymentError::ProgressOutOfRange(_)
         | DeploymentError::TooLong(..) => StatusCode::UNPROCESSABLE_ENTITY,
         DeploymentError::TooManyActive(_) => StatusCode::TOO_MANY_REQUESTS,
+        DeploymentError::Forbidden(_) => StatusCode::FORBIDDEN,
     };
     let code = match status {
         StatusCode::NOT_FOUND => ErrorCode::SubscriptionFailed,
+        StatusCode::FORBIDDEN => ErrorCode::Unauthorized,
         StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimitExceeded,
         _ => ErrorCode::InvalidMessage,
     };
     error(status, code, e.to_string())
+}
+
+/// Whether `caller` covers the hosts of deployment `id` (404 when there
+/// is none).
+fn may_change(
+    state: &AppState,
+    caller: &crate::auth::Credential,
+    id: &str,
+) -> Result<(), Response> {
+    let registry = state.hub.lock_deployments();
+    let deployment = registry
+        .get(id)
+        .ok_or_else(|| deployment_error(DeploymentError::NotFound))?;
+    access::covers(caller, &deployment.hosts, "this deployment")
+        .map_err(IntoResponse::into_response)
 }
 
 /// Parses a JSON body into `T`, with a 400 that names the field.
@@ -185,18 +282,41 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response
 }
 
 /// `POST /api/deployments`.
+#[utoipa::path(
+    post,
+    path = "/api/deployments",
+    tag = "deployments",
+    description = "Creates a deployment (publisher or admin, covering every host it names).",
+    request_body = CreateDeployment,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = DeploymentView),
+        (status = 400, description = "Malformed body", body = ErrorMessage),
+        (status = 401, description = "Missing or invalid token (`WWW-Authenticate: Bearer`)", body = ErrorMessage),
+        (status = 403, description = "The token's role or hosts do not allow this", body = ErrorMessage),
+        (status = 409, description = "The id exists already", body = ErrorMessage),
+        (status = 422, description = "Invalid id or a field too long", body = ErrorMessage),
+        (status = 429, description = "Too many deployments in progress, or too many failed authentications", body = ErrorMessage),
+        (status = 421, description = "The `Host` header is not in `http.allowed_hosts`", body = ErrorMessage)
+    )
+)]
 pub async fn create_deployment(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(response) = authorize(&state, &headers) {
-        return response;
-    }
+    let caller = match access::publisher(&state, &headers, client(&state, peer, &headers)) {
+        Ok(caller) => caller,
+        Err(denied) => return denied.into_response(),
+    };
     let request: CreateDeployment = match parse_body(&body) {
         Ok(request) => request,
         Err(response) => return response,
     };
+    if let Err(denied) = access::covers(&caller, &request.hosts, "this deployment") {
+        return denied.into_response();
+    }
     let created = state.hub.lock_deployments().create(
         request.deployment_id,
         request.application,
@@ -211,19 +331,52 @@ pub async fn create_deployment(
 }
 
 /// `POST /api/deployments/{id}/events`: log lines, then a state change.
+#[utoipa::path(
+    post,
+    path = "/api/deployments/{id}/events",
+    tag = "deployments",
+    description = "Publishes log lines of a deployment, then a change of status, progress or message.",
+    params(("id" = String, Path, description = "Deployment id")),
+    request_body = DeploymentEventRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The deployment after the change", body = DeploymentView),
+        (status = 400, description = "Malformed body", body = ErrorMessage),
+        (status = 401, description = "Missing or invalid token (`WWW-Authenticate: Bearer`)", body = ErrorMessage),
+        (status = 403, description = "The token's role or hosts do not allow this", body = ErrorMessage),
+        (status = 404, description = "No such deployment", body = ErrorMessage),
+        (status = 409, description = "The deployment has ended, or cannot go back to pending", body = ErrorMessage),
+        (status = 422, description = "Progress outside 0-100, or a field too long", body = ErrorMessage),
+        (status = 429, description = "Too many failed authentications from this address (`Retry-After`)", body = ErrorMessage),
+        (status = 421, description = "The `Host` header is not in `http.allowed_hosts`", body = ErrorMessage)
+    )
+)]
 pub async fn deployment_event(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(response) = authorize(&state, &headers) {
-        return response;
-    }
+    let caller = match access::publisher(&state, &headers, client(&state, peer, &headers)) {
+        Ok(caller) => caller,
+        Err(denied) => return denied.into_response(),
+    };
     let request: DeploymentEventRequest = match parse_body(&body) {
         Ok(request) => request,
         Err(response) => return response,
     };
+    if let Err(response) = may_change(&state, &caller, &id) {
+        return response;
+    }
+    if let Some(host) = &request.host
+        && !caller.scope.allows(host)
+    {
+        return Denied::Forbidden(format!(
+            "this credential may not publish lines as host {host:?}"
+        ))
+        .into_response();
+    }
     let now = Timestamp::now();
     if let Some(progress) = request.progress
         && !(0..=100).contains(&progress)
@@ -259,12 +412,34 @@ pub async fn deployment_event(
 }
 
 /// `POST /api/deployments/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/api/deployments/{id}/cancel",
+    tag = "deployments",
+    description = "Cancels a deployment.",
+    params(("id" = String, Path, description = "Deployment id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The cancelled deployment", body = DeploymentView),
+        (status = 401, description = "Missing or invalid token (`WWW-Authenticate: Bearer`)", body = ErrorMessage),
+        (status = 403, description = "The token's role or hosts do not allow this", body = ErrorMessage),
+        (status = 404, description = "No such deployment", body = ErrorMessage),
+        (status = 409, description = "The deployment has ended already", body = ErrorMessage),
+        (status = 429, description = "Too many failed authentications from this address (`Retry-After`)", body = ErrorMessage),
+        (status = 421, description = "The `Host` header is not in `http.allowed_hosts`", body = ErrorMessage)
+    )
+)]
 pub async fn cancel_deployment(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authorize(&state, &headers) {
+    let caller = match access::publisher(&state, &headers, client(&state, peer, &headers)) {
+        Ok(caller) => caller,
+        Err(denied) => return denied.into_response(),
+    };
+    if let Err(response) = may_change(&state, &caller, &id) {
         return response;
     }
     let update = Update {
@@ -284,10 +459,32 @@ pub const MAX_PAGE: usize = 1000;
 /// `GET /api/deployments?limit=&before=`: newest first, one page; `next`
 /// is the `before` of the next page (`null` on the last). Built and
 /// serialized on a blocking thread, never on the async workers.
+#[utoipa::path(
+    get,
+    path = "/api/deployments",
+    tag = "deployments",
+    description = "Deployments the caller may see, newest first, one page.",
+    params(ListQuery),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "One page", body = DeploymentPage),
+        (status = 400, description = "Malformed query", body = ErrorMessage),
+        (status = 401, description = "Missing or invalid token (`WWW-Authenticate: Bearer`)", body = ErrorMessage),
+        (status = 403, description = "The token's role or hosts do not allow this", body = ErrorMessage),
+        (status = 429, description = "Too many failed authentications from this address (`Retry-After`)", body = ErrorMessage),
+        (status = 421, description = "The `Host` header is not in `http.allowed_hosts`", body = ErrorMessage)
+    )
+)]
 pub async fn list_deployments(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let caller = match access::reader(&state, &headers, client(&state, peer, &headers)) {
+        Ok(caller) => caller,
+        Err(denied) => return denied.into_response(),
+    };
     let query = match query {
         Ok(axum::extract::Query(query)) => query,
         Err(rejection) => {
@@ -301,7 +498,11 @@ pub async fn list_deployments(
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let hub = state.hub.clone();
     let built = tokio::task::spawn_blocking(move || {
-        let (page, more) = hub.lock_deployments().page(query.before.as_deref(), limit);
+        let (page, more) = hub
+            .lock_deployments()
+            .page(query.before.as_deref(), limit, |d| {
+                caller.scope.covers(&d.hosts)
+            });
         let next = more
             .then(|| page.last().map(|d| d.deployment_id.clone()))
             .flatten();
@@ -326,9 +527,38 @@ pub async fn list_deployments(
 }
 
 /// `GET /api/deployments/{id}`.
-pub async fn get_deployment(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.hub.lock_deployments().get(&id) {
-        Some(deployment) => Json(deployment.view()).into_response(),
+#[utoipa::path(
+    get,
+    path = "/api/deployments/{id}",
+    tag = "deployments",
+    description = "One deployment.",
+    params(("id" = String, Path, description = "Deployment id")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The deployment", body = DeploymentView),
+        (status = 401, description = "Missing or invalid token (`WWW-Authenticate: Bearer`)", body = ErrorMessage),
+        (status = 403, description = "The token's role or hosts do not allow this", body = ErrorMessage),
+        (status = 404, description = "No such deployment", body = ErrorMessage),
+        (status = 429, description = "Too many failed authentications from this address (`Retry-After`)", body = ErrorMessage),
+        (status = 421, description = "The `Host` header is not in `http.allowed_hosts`", body = ErrorMessage)
+    )
+)]
+pub async fn get_deployment(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match access::reader(&state, &headers, client(&state, peer, &headers)) {
+        Ok(caller) => caller,
+        Err(denied) => return denied.into_response(),
+    };
+    let registry = state.hub.lock_deployments();
+    match registry.get(&id) {
+        Some(deployment) => match access::covers(&caller, &deployment.hosts, "this deployment") {
+            Ok(()) => Json(deployment.view()).into_response(),
+            Err(denied) => denied.into_response(),
+        },
         None => deployment_error(DeploymentError::NotFound),
     }
 }
@@ -340,4 +570,28 @@ pub async fn not_found() -> Response {
         ErrorCode::InvalidMessage,
         "No such endpoint",
     )
+}
+
+/// Middleware: a request whose `Host` is not allowed (`http.allowed_hosts`,
+/// DNS rebinding) gets 421 before any handler runs. The health check is
+/// exempt (load balancers probe by address, and it tells nothing).
+pub async fn check_host(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if request.uri().path() != "/api/websocket/health" && !state.origins.host_allowed(host) {
+        state.stats.origin_refused.inc();
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            ErrorCode::Unauthorized,
+            "This Host is not served here: add it to http.allowed_hosts",
+        );
+    }
+    next.run(request).await
 }

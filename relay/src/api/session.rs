@@ -17,9 +17,12 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use o1_common::Timestamp;
 use o1_common::api::{
-    ClientMessage, DecodeError, ErrorCode, ErrorMessage, Pong, RequestId, ServerMessage,
-    SubscribeLogs, SubscribeMetrics, SubscriptionAck,
+    Authenticated, ClientMessage, DecodeError, ErrorCode, ErrorMessage, Pong, RequestId,
+    ServerMessage, SubscribeLogs, SubscribeMetrics, SubscriptionAck,
 };
+
+use crate::api::access::Denied;
+use crate::auth::Credential;
 use serde_json::json;
 
 use crate::hub::outbound::subscription_name;
@@ -34,6 +37,8 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// A connection limit is reached; try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Authentication failed too often on this connection.
+    pub const UNAUTHORIZED: u16 = 4001;
     pub use crate::hub::outbound::CLOSE_SLOW_READER as SLOW_READER;
 }
 
@@ -104,7 +109,17 @@ pub enum Action {
     Unsubscribe(u64),
     /// Close with this code and reason.
     Close(u16, String),
+    /// Check this token; the driver answers with
+    /// [`WsSession::authentication`].
+    Authenticate {
+        token: String,
+        request_id: Option<RequestId>,
+    },
 }
+
+/// Failed `authenticate` messages one connection may send before it is
+/// closed with 4001.
+pub const MAX_AUTH_FAILURES: u32 = 3;
 
 /// What a tick found.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,6 +155,10 @@ pub struct WsSession<C: Clock + Clone = DefaultClock> {
     subscriptions: Vec<u64>,
     last_inbound: C::Instant,
     last_ping: C::Instant,
+    /// Who the client is: `None` until it authenticates (when the relay
+    /// asks for a token).
+    credential: Option<Credential>,
+    auth_failures: u32,
     pub counted: Counted,
 }
 
@@ -149,13 +168,15 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 }
 
 impl WsSession<DefaultClock> {
-    pub fn new(limits: SessionLimits) -> Self {
-        WsSession::with_clock(limits, DefaultClock::default())
+    pub fn new(limits: SessionLimits, credential: Option<Credential>) -> Self {
+        WsSession::with_clock(limits, DefaultClock::default(), credential)
     }
 }
 
 impl<C: Clock + Clone> WsSession<C> {
-    pub fn with_clock(limits: SessionLimits, clock: C) -> Self {
+    /// `credential`: who the client already is (the open reader, or the
+    /// bearer of the upgrade request); `None` asks it to authenticate.
+    pub fn with_clock(limits: SessionLimits, clock: C, credential: Option<Credential>) -> Self {
         let now = clock.now();
         WsSession {
             messages: RateLimiter::direct_with_clock(
@@ -172,6 +193,8 @@ impl<C: Clock + Clone> WsSession<C> {
             subscriptions: Vec::new(),
             last_inbound: now,
             last_ping: now,
+            credential,
+            auth_failures: 0,
             counted: Counted::default(),
         }
     }
@@ -207,6 +230,48 @@ impl<C: Clock + Clone> WsSession<C> {
             return Tick::Ping;
         }
         Tick::Nothing
+    }
+
+    /// Who the client is, once known.
+    pub fn credential(&self) -> Option<&Credential> {
+        self.credential.as_ref()
+    }
+
+    /// The driver checked the token of an `authenticate`.
+    pub fn authentication(
+        &mut self,
+        outcome: Result<Credential, Denied>,
+        request_id: Option<RequestId>,
+        now: Timestamp,
+    ) -> Vec<Action> {
+        let denied = match outcome {
+            Ok(credential) if credential.may_read() => {
+                let answer = ServerMessage::Authenticated(Authenticated {
+                    role: credential.role.to_string(),
+                    hosts: credential.scope.globs(),
+                    request_id,
+                    timestamp: now,
+                });
+                self.credential = Some(credential);
+                return vec![Action::Reply(answer)];
+            }
+            Ok(credential) => Denied::Forbidden(format!(
+                "a {} token cannot read: use a reader or admin token",
+                credential.role
+            )),
+            Err(denied) => denied,
+        };
+        self.auth_failures += 1;
+        let mut error = denied.message(now);
+        error.request_id = request_id;
+        let mut actions = vec![Action::Reply(ServerMessage::Error(error))];
+        if self.auth_failures >= MAX_AUTH_FAILURES || matches!(denied, Denied::Blocked(_)) {
+            actions.push(Action::Close(
+                close_code::UNAUTHORIZED,
+                "authentication failed".into(),
+            ));
+        }
+        actions
     }
 
     /// The subscription ids the driver must remove from the hub at the end.
@@ -349,7 +414,41 @@ impl<C: Clock + Clone> WsSession<C> {
                     timestamp: now,
                 }))];
             }
+            ClientMessage::Authenticate(request) => {
+                return vec![Action::Authenticate {
+                    token: request.token,
+                    request_id,
+                }];
+            }
         };
+        // Every subscription needs a credential that may read, and a host
+        // it names must be one the credential covers (never silently
+        // empty); with no host, the hub shows only the covered ones.
+        let Some(credential) = &self.credential else {
+            return vec![reply(error(
+                ErrorCode::Unauthorized,
+                "Authenticate first: send {\"type\":\"authenticate\",\"token\":…}",
+                request_id.as_ref(),
+                now,
+            ))];
+        };
+        let host = match &subscribe {
+            Subscribe::Logs { request, .. } => request.host.as_deref(),
+            Subscribe::Metrics { request } => request.host.as_deref(),
+            Subscribe::Deployment { .. } => None,
+        };
+        if let Some(host) = host
+            && !credential.scope.allows(host)
+        {
+            let mut error = error(
+                ErrorCode::Unauthorized,
+                "This credential does not cover this host",
+                request_id.as_ref(),
+                now,
+            );
+            error.details = Some(json!({ "host": host }));
+            return vec![reply(error)];
+        }
         if self.subscriptions.len() >= self.limits.max_subscriptions {
             let max = self.limits.max_subscriptions;
             let message = format!("Subscription limit reached: at most {max} per connection");
@@ -432,6 +531,7 @@ fn too_long(message: &ClientMessage) -> Option<(&'static str, usize)> {
             over("subscriptionId", Some(&r.subscription_id), MAX_ID_BYTES)
         }
         ClientMessage::Ping(_) => None,
+        ClientMessage::Authenticate(r) => over("token", Some(&r.token), MAX_ID_BYTES),
     }
 }
 
@@ -459,6 +559,10 @@ mod tests {
         Timestamp::from_unix_millis(1_700_000_000_000)
     }
 
+    fn open() -> Option<Credential> {
+        Some(Credential::open_reader())
+    }
+
     /// A compact view of actions, for tables.
     fn summary(actions: &[Action]) -> Vec<String> {
         actions
@@ -482,6 +586,7 @@ mod tests {
                 },
                 Action::Unsubscribe(id) => format!("unsubscribe {id}"),
                 Action::Close(code, _) => format!("close {code}"),
+                Action::Authenticate { token, .. } => format!("authenticate {token}"),
             })
             .collect()
     }
@@ -524,7 +629,7 @@ mod tests {
             ),
         ];
         for (name, text, expected) in cases {
-            let mut session = WsSession::with_clock(limits(), FakeRelativeClock::default());
+            let mut session = WsSession::with_clock(limits(), FakeRelativeClock::default(), open());
             let actions = session.receive(Frame::Text(text), now());
             assert_eq!(summary(&actions), *expected, "{name}");
         }
@@ -532,7 +637,7 @@ mod tests {
             r#"{{"type":"subscribe-logs","search":"{}"}}"#,
             "x".repeat(2000)
         );
-        let mut session = WsSession::with_clock(limits(), FakeRelativeClock::default());
+        let mut session = WsSession::with_clock(limits(), FakeRelativeClock::default(), open());
         let actions = session.receive(Frame::Text(&long), now());
         let Action::Reply(ServerMessage::Error(error)) = &actions[0] else {
             panic!("{actions:?}")
@@ -546,7 +651,7 @@ mod tests {
     #[test]
     fn subscriptions_are_counted_and_unsubscribed_by_name() {
         let clock = FakeRelativeClock::default();
-        let mut session = WsSession::with_clock(limits(), clock.clone());
+        let mut session = WsSession::with_clock(limits(), clock.clone(), open());
         let subscribe = r#"{"type":"subscribe","deploymentId":"d"}"#;
         assert_eq!(
             summary(&session.receive(Frame::Text(subscribe), now())).len(),
@@ -567,7 +672,7 @@ mod tests {
     #[test]
     fn the_rate_limit_answers_then_closes_abusers() {
         let clock = FakeRelativeClock::default();
-        let mut session = WsSession::with_clock(limits(), clock.clone());
+        let mut session = WsSession::with_clock(limits(), clock.clone(), open());
         let ping = Frame::Text(r#"{"type":"ping"}"#);
         let mut seen = Vec::new();
         for _ in 0..8 {
@@ -589,7 +694,7 @@ mod tests {
             ]
         );
         // The bucket refills with time.
-        let mut session = WsSession::with_clock(limits(), clock.clone());
+        let mut session = WsSession::with_clock(limits(), clock.clone(), open());
         for _ in 0..3 {
             session.receive(ping, now());
         }
@@ -610,7 +715,7 @@ mod tests {
     #[test]
     fn tail_replays_share_a_budget() {
         let clock = FakeRelativeClock::default();
-        let mut session = WsSession::with_clock(limits(), clock.clone());
+        let mut session = WsSession::with_clock(limits(), clock.clone(), open());
         let tail = |n: u32| format!(r#"{{"type":"subscribe-logs","tail":{n}}}"#);
         let replay = |session: &mut WsSession<FakeRelativeClock>, n| {
             summary(&session.receive(Frame::Text(&tail(n)), now()))
@@ -625,7 +730,7 @@ mod tests {
     #[test]
     fn ticks_ping_and_find_the_dead() {
         let clock = FakeRelativeClock::default();
-        let mut session = WsSession::with_clock(limits(), clock.clone());
+        let mut session = WsSession::with_clock(limits(), clock.clone(), open());
         assert_eq!(session.tick(false), Tick::Nothing);
         clock.advance(Duration::from_secs(30));
         assert_eq!(session.tick(false), Tick::Ping);
@@ -636,5 +741,83 @@ mod tests {
         assert_ne!(session.tick(false), Tick::Dead);
         clock.advance(Duration::from_secs(1));
         assert_eq!(session.tick(false), Tick::Dead);
+    }
+
+    #[test]
+    fn authentication_gates_subscriptions_and_scopes_hosts() {
+        use crate::auth::{Role, Scope};
+        use std::sync::Arc;
+        let clock = FakeRelativeClock::default();
+        let mut session = WsSession::with_clock(limits(), clock.clone(), None);
+        let logs =
+            |host: &str| format!(r#"{{"type":"subscribe-logs","host":"{host}","requestId":"r1"}}"#);
+        // Before authenticating: unauthorized, with the requestId.
+        let actions = session.receive(Frame::Text(&logs("web-01")), now());
+        let Action::Reply(ServerMessage::Error(error)) = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(error.code, ErrorCode::Unauthorized);
+        assert_eq!(error.request_id, Some(json!("r1")));
+        // `authenticate` goes to the driver.
+        let actions = session.receive(
+            Frame::Text(r#"{"type":"authenticate","token":"t","requestId":7}"#),
+            now(),
+        );
+        assert_eq!(summary(&actions), ["authenticate t"]);
+        let reader = |role, globs: &[&str]| Credential {
+            name: Arc::from("alice"),
+            role,
+            scope: Arc::new(
+                Scope::parse(&globs.iter().map(|g| g.to_string()).collect::<Vec<_>>()).unwrap(),
+            ),
+        };
+        // A publisher token cannot read: a failure.
+        let actions = session.authentication(Ok(reader(Role::Publisher, &["*"])), None, now());
+        assert_eq!(summary(&actions), ["error Unauthorized"]);
+        let actions =
+            session.authentication(Ok(reader(Role::Reader, &["web-*"])), Some(json!(7)), now());
+        let Action::Reply(ServerMessage::Authenticated(answer)) = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(
+            (answer.role.as_str(), answer.hosts.clone()),
+            ("reader", vec!["web-*".to_owned()])
+        );
+        assert_eq!(answer.request_id, Some(json!(7)));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            summary(&session.receive(Frame::Text(&logs("web-01")), now())),
+            ["subscribe logs replay 0"]
+        );
+        clock.advance(Duration::from_secs(1));
+        let actions = session.receive(Frame::Text(&logs("db-01")), now());
+        let Action::Reply(ServerMessage::Error(error)) = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(error.code, ErrorCode::Unauthorized);
+        assert_eq!(error.details, Some(json!({"host": "db-01"})));
+        // Three failures close with 4001.
+        let mut session = WsSession::with_clock(limits(), clock.clone(), None);
+        let mut seen = Vec::new();
+        for _ in 0..MAX_AUTH_FAILURES {
+            seen.extend(summary(&session.authentication(
+                Err(Denied::Invalid),
+                None,
+                now(),
+            )));
+        }
+        assert_eq!(
+            seen,
+            [
+                "error Unauthorized",
+                "error Unauthorized",
+                "error Unauthorized",
+                "close 4001"
+            ]
+        );
+        // An address over its failure allowance: told to wait, and closed.
+        let mut session = WsSession::with_clock(limits(), clock, None);
+        let actions = session.authentication(Err(Denied::Blocked(30)), None, now());
+        assert_eq!(summary(&actions), ["error RateLimitExceeded", "close 4001"]);
     }
 }

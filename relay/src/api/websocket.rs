@@ -26,8 +26,8 @@ use o1_common::api::{Dropped, ErrorCode, ErrorMessage, RequestId, ServerMessage}
 use serde_json::json;
 
 use crate::AppState;
-use crate::hub::SubscriptionHandle;
 use crate::hub::outbound::{Outbound, Outgoing, subscription_name};
+use crate::hub::{SubscribeError, SubscriptionHandle};
 
 use super::session::{
     Action, Frame, Subscribe, Tick, WsSession, subscribed_ack, subscription_failed,
@@ -244,15 +244,51 @@ impl Drop for GatePermit {
     }
 }
 
-/// `GET /api/websocket`.
+/// `GET /api/websocket`. Refused before the upgrade: an `Origin` not
+/// allowed (403), a bad `Authorization: Bearer` (401), a token that may
+/// not read (403).
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    use axum::response::IntoResponse;
     let client = client_address(peer.ip(), &headers, &state.config.http.trusted_proxies);
     let peer = SocketAddr::new(client, peer.port());
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+    };
+    if !state.origins.origin_allowed(
+        header(axum::http::header::ORIGIN),
+        header(axum::http::header::HOST),
+    ) {
+        state.stats.origin_refused.inc();
+        if let Some(suppressed) = state.log_limiter.should_log("websocket_origin") {
+            tracing::warn!(origin = ?header(axum::http::header::ORIGIN), %peer, suppressed_since_last = suppressed, "websocket upgrade refused: Origin not in http.allowed_origins");
+        }
+        return crate::api::access::Denied::Forbidden(
+            "This Origin may not open the WebSocket: add it to http.allowed_origins".into(),
+        )
+        .into_response();
+    }
+    let credential = match crate::api::access::presented(&state, &headers, client) {
+        Ok(Some(credential)) if credential.may_read() => Some(credential),
+        Ok(Some(credential)) => {
+            return crate::api::access::Denied::Forbidden(format!(
+                "a {} token cannot read: use a reader or admin token",
+                credential.role
+            ))
+            .into_response();
+        }
+        Ok(None) if state.config.auth.browsers == crate::config::BrowserAccess::Open => {
+            Some(crate::auth::Credential::open_reader())
+        }
+        Ok(None) => None,
+        Err(denied) => return denied.into_response(),
+    };
     let ws = &state.config.websocket;
     let upgrade = upgrade
         .read_buffer_size(ws.read_buffer_bytes)
@@ -264,7 +300,7 @@ pub async fn upgrade(
     upgrade.on_upgrade(move |socket| {
         tracker.track_future(async move {
             match permit {
-                Ok(permit) => serve(socket, state, peer, permit).await,
+                Ok(permit) => serve(socket, state, peer, permit, credential).await,
                 Err(full) => refuse(socket, &state, full.to_string()).await,
             }
         })
@@ -330,6 +366,8 @@ enum ReadEnd {
 struct Connection {
     session: WsSession,
     permit: GatePermit,
+    /// The client's address (failed authentications count against it).
+    client: IpAddr,
     /// This connection's subscriptions in the hub, by id.
     handles: Vec<SubscriptionHandle>,
 }
@@ -360,6 +398,20 @@ impl Connection {
                     }
                 }
                 Action::Close(code, reason) => return Some(ReadEnd::Close(code, reason)),
+                Action::Authenticate { token, request_id } => {
+                    let outcome = crate::api::access::verify(state, &token, self.client);
+                    if let Err(denied) = &outcome
+                        && let Some(suppressed) = state.log_limiter.should_log("websocket_auth")
+                    {
+                        tracing::warn!(client = %self.client, reason = %denied, suppressed_since_last = suppressed, "websocket authentication failed");
+                    }
+                    let actions =
+                        self.session
+                            .authentication(outcome, request_id, Timestamp::now());
+                    if let Some(end) = self.act(actions, outbound, state) {
+                        return Some(end);
+                    }
+                }
             }
         }
         None
@@ -392,26 +444,47 @@ impl Connection {
                 Timestamp::now(),
             )))
         };
+        // The hosts this client may see; `None` (no check) for every host.
+        let scope = self
+            .session
+            .credential()
+            .map(|c| c.scope.clone())
+            .filter(|s| !s.is_all());
         let handle = match &subscribe {
             Subscribe::Deployment { deployment_id } => {
-                match state.hub.subscribe_deployment(deployment_id, outbound, ack) {
+                match state
+                    .hub
+                    .subscribe_deployment(deployment_id, scope, outbound, ack)
+                {
                     Ok(handle) => handle,
                     Err(error) => {
                         self.permit.remove_subscription();
-                        refuse(subscription_failed(
-                            error.to_string(),
-                            json!({ "deploymentId": deployment_id }),
-                            request_id.as_ref(),
-                            now,
-                        ));
+                        let mut error = match error {
+                            SubscribeError::DeploymentNotFound => subscription_failed(
+                                error.to_string(),
+                                json!({ "deploymentId": deployment_id }),
+                                request_id.as_ref(),
+                                now,
+                            ),
+                            SubscribeError::Forbidden => super::session::error(
+                                ErrorCode::Unauthorized,
+                                error.to_string(),
+                                request_id.as_ref(),
+                                now,
+                            ),
+                        };
+                        error.details = Some(json!({ "deploymentId": deployment_id }));
+                        refuse(error);
                         return;
                     }
                 }
             }
-            Subscribe::Logs { request, replay } => {
-                state.hub.subscribe_logs(request, outbound, ack, *replay)
+            Subscribe::Logs { request, replay } => state
+                .hub
+                .subscribe_logs(request, scope, outbound, ack, *replay),
+            Subscribe::Metrics { request } => {
+                state.hub.subscribe_metrics(request, scope, outbound, ack)
             }
-            Subscribe::Metrics { request } => state.hub.subscribe_metrics(request, outbound, ack),
         };
         if self.session.subscribed(handle.id) {
             state.stats.connections_active.inc();
@@ -420,7 +493,13 @@ impl Connection {
     }
 }
 
-async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, permit: GatePermit) {
+async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    peer: SocketAddr,
+    permit: GatePermit,
+    credential: Option<crate::auth::Credential>,
+) {
     let stats = state.stats.clone();
     stats.connection_opened();
     let outbound = Arc::new(
@@ -429,8 +508,9 @@ async fn serve(socket: WebSocket, state: AppState, peer: SocketAddr, permit: Gat
     );
     let (mut sink, mut stream) = socket.split();
     let mut connection = Connection {
-        session: WsSession::new(state.config.session_limits()),
+        session: WsSession::new(state.config.session_limits(), credential),
         permit,
+        client: peer.ip(),
         handles: Vec::new(),
     };
     let closing = {

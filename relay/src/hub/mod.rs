@@ -33,6 +33,7 @@ use o1_common::matching::{LogFilter, MetricFilter, MetricSelection, lower};
 use o1_common::wire::{DeploymentEvent, Item, LogRecord, MetricSample};
 use o1_common::{Level, Timestamp};
 
+use crate::auth::Scope;
 use crate::deployments::{
     Changed, Deployment, DeploymentError, DeploymentLog, Registry, RegistryLimits, Update,
 };
@@ -75,10 +76,18 @@ enum HandleKind {
     Deployment(String),
 }
 
+/// The hosts a subscription may see; `None`: every host (no check).
+pub type Visible = Option<Arc<Scope>>;
+
+fn visible(scope: &Visible, host: &str) -> bool {
+    scope.as_ref().is_none_or(|s| s.allows(host))
+}
+
 #[derive(Debug)]
 struct LogSubscription {
     id: u64,
     filter: LogFilter,
+    scope: Visible,
     outbound: Arc<Outbound>,
     /// While its replay is being prepared, live lines wait here.
     gate: Option<Arc<ReplayGate>>,
@@ -127,12 +136,14 @@ impl LogSubscription {
 struct MetricSubscription {
     id: u64,
     filter: MetricFilter,
+    scope: Visible,
     outbound: Arc<Outbound>,
 }
 
 #[derive(Debug)]
 struct DeploymentSubscription {
     id: u64,
+    scope: Visible,
     outbound: Arc<Outbound>,
 }
 
@@ -313,6 +324,8 @@ impl History {
 pub enum SubscribeError {
     #[error("Deployment not found")]
     DeploymentNotFound,
+    #[error("This credential does not cover every host of this deployment")]
+    Forbidden,
 }
 
 /// One copy of every name subscriptions use, however many subscriptions
@@ -397,6 +410,7 @@ impl Hub {
     pub fn subscribe_logs(
         &self,
         request: &SubscribeLogs,
+        scope: Visible,
         outbound: &Arc<Outbound>,
         ack: impl FnOnce(u64) -> Outgoing,
         allowance: usize,
@@ -429,6 +443,7 @@ impl Hub {
                 LogSubscription {
                     id,
                     filter: filter.clone(),
+                    scope: scope.clone(),
                     outbound: outbound.clone(),
                     gate: gate.clone(),
                 },
@@ -443,6 +458,7 @@ impl Hub {
             let history = self.lock_history();
             let keys = history
                 .matching_sources(filter.host.as_deref(), filter.application.as_deref())
+                .filter(|source| visible(&scope, &source.host))
                 .map(|source| (source.host.to_string(), source.application.to_string()))
                 .collect();
             (history.next_sequence, keys)
@@ -546,6 +562,7 @@ impl Hub {
     pub fn subscribe_metrics(
         &self,
         request: &SubscribeMetrics,
+        scope: Visible,
         outbound: &Arc<Outbound>,
         ack: impl FnOnce(u64) -> Outgoing,
     ) -> SubscriptionHandle {
@@ -557,8 +574,9 @@ impl Hub {
         outbound.push_reply(ack(id));
         {
             let history = self.lock_history();
-            for source in
-                history.matching_sources(filter.host.as_deref(), filter.application.as_deref())
+            for source in history
+                .matching_sources(filter.host.as_deref(), filter.application.as_deref())
+                .filter(|source| visible(&scope, &source.host))
             {
                 if let Some(latest) = &source.latest_metric {
                     let body = serialize(&ServerMessage::Metrics(select_metrics(
@@ -590,6 +608,7 @@ impl Hub {
             MetricSubscription {
                 id,
                 filter,
+                scope,
                 outbound: outbound.clone(),
             },
         );
@@ -601,6 +620,7 @@ impl Hub {
     pub fn subscribe_deployment(
         &self,
         deployment_id: &str,
+        scope: Visible,
         outbound: &Arc<Outbound>,
         ack: impl FnOnce(u64) -> Outgoing,
     ) -> Result<SubscriptionHandle, SubscribeError> {
@@ -609,6 +629,9 @@ impl Hub {
         let Some(deployment) = registry.get(deployment_id) else {
             return Err(SubscribeError::DeploymentNotFound);
         };
+        if scope.as_ref().is_some_and(|s| !s.covers(&deployment.hosts)) {
+            return Err(SubscribeError::Forbidden);
+        }
         let id = self.new_subscription_id();
         outbound.push_reply(ack(id));
         let reply = |message: ServerMessage| Outgoing {
@@ -620,7 +643,7 @@ impl Hub {
         // Each line was serialized once, when it arrived; every replay
         // shares those bytes, and lines over the budget are dropped and
         // counted like live ones.
-        for log in &deployment.logs {
+        for log in deployment.logs.iter().filter(|l| visible(&scope, &l.host)) {
             outbound.push_log(Outgoing {
                 subscription: id,
                 body: log.body.clone(),
@@ -637,6 +660,7 @@ impl Hub {
             .or_default()
             .push(DeploymentSubscription {
                 id,
+                scope,
                 outbound: outbound.clone(),
             });
         Ok(SubscriptionHandle {
@@ -678,19 +702,32 @@ impl Hub {
     /// Routes the items of one batch from `host`. Returns how many items
     /// could not be processed (invalid deployment events).
     pub fn publish(&self, host: &str, items: &[Item], ingested_at: Instant, now: Timestamp) -> u64 {
+        self.publish_as(host, items, &Scope::all(), ingested_at, now)
+    }
+
+    /// [`Hub::publish`] for a writer whose credential covers `writer`: it
+    /// may change only deployments whose hosts it covers (its lines still
+    /// reach the host's log stream, without joining the deployment).
+    pub fn publish_as(
+        &self,
+        host: &str,
+        items: &[Item],
+        writer: &Scope,
+        ingested_at: Instant,
+        now: Timestamp,
+    ) -> u64 {
         let index = self.read_index();
         let mut errors = 0;
         for item in items {
             let routed = match item {
-                Item::Log(record) => {
-                    self.route_log(&index, host, record, ingested_at);
-                    Ok(())
-                }
+                Item::Log(record) => self.route_log(&index, host, record, writer, ingested_at),
                 Item::Metric(sample) => {
                     self.route_metric(&index, host, sample, ingested_at);
                     Ok(())
                 }
-                Item::Deployment(event) => self.route_deployment_event(&index, host, event, now),
+                Item::Deployment(event) => {
+                    self.route_deployment_event(&index, host, event, writer, now)
+                }
             };
             if let Err(error) = routed {
                 errors += 1;
@@ -703,7 +740,14 @@ impl Hub {
         errors
     }
 
-    fn route_log(&self, index: &Index, host: &str, record: &LogRecord, ingested_at: Instant) {
+    fn route_log(
+        &self,
+        index: &Index,
+        host: &str,
+        record: &LogRecord,
+        writer: &Scope,
+        ingested_at: Instant,
+    ) -> Result<(), DeploymentError> {
         // An agent or a REST publisher may send any length: cut here.
         let cut;
         let record = if record.message.len() > self.limits.max_line_bytes {
@@ -726,6 +770,7 @@ impl Hub {
             timestamp,
         };
         let body = serialize(&ServerMessage::Log(message));
+        let mut refused = Ok(());
         if let Some(deployment_id) = &record.deployment_id {
             let log = DeploymentLog {
                 host: host.to_owned(),
@@ -734,8 +779,24 @@ impl Hub {
                 timestamp,
                 body: body.clone(),
             };
-            if self.lock_deployments().add_log(deployment_id, log).is_ok() {
-                for subscription in index.deployments.get(deployment_id).into_iter().flatten() {
+            let added = {
+                let mut registry = self.lock_deployments();
+                match registry.get(deployment_id) {
+                    Some(d) if !writer.covers(&d.hosts) => {
+                        refused = Err(DeploymentError::Forbidden(deployment_id.clone()));
+                        false
+                    }
+                    _ => registry.add_log(deployment_id, log).is_ok(),
+                }
+            };
+            if added {
+                for subscription in index
+                    .deployments
+                    .get(deployment_id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| visible(&s.scope, host))
+                {
                     subscription.outbound.push_log(Outgoing {
                         subscription: subscription.id,
                         body: body.clone(),
@@ -770,6 +831,9 @@ impl Hub {
         index
             .logs
             .for_each_candidate(host, &record.application, |subscription| {
+                if !visible(&subscription.scope, host) {
+                    return;
+                }
                 let filter = &subscription.filter;
                 let matches = if filter.searches() {
                     let lowered = lowered.get_or_insert_with(|| lower(&record.message));
@@ -788,6 +852,7 @@ impl Hub {
                     );
                 }
             });
+        refused
     }
 
     fn route_metric(&self, index: &Index, host: &str, sample: &MetricSample, ingested_at: Instant) {
@@ -802,6 +867,9 @@ impl Hub {
         index
             .metrics
             .for_each_candidate(host, &sample.application, |subscription| {
+                if !visible(&subscription.scope, host) {
+                    return;
+                }
                 let selection = subscription.filter.selection;
                 let body = by_selection[selection.index()]
                     .get_or_insert_with(|| {
@@ -828,6 +896,7 @@ impl Hub {
         index: &Index,
         host: &str,
         event: &DeploymentEvent,
+        writer: &Scope,
         now: Timestamp,
     ) -> Result<(), DeploymentError> {
         let update = Update {
@@ -835,12 +904,20 @@ impl Hub {
             progress: event.progress.map(i64::from),
             message: Some(event.message.clone()),
         };
-        let changed = self.lock_deployments().update(
-            &event.deployment_id,
-            update,
-            Some((&event.application, host)),
-            now,
-        )?;
+        let changed = {
+            let mut registry = self.lock_deployments();
+            if let Some(deployment) = registry.get(&event.deployment_id)
+                && !writer.covers(&deployment.hosts)
+            {
+                return Err(DeploymentError::Forbidden(event.deployment_id.clone()));
+            }
+            registry.update(
+                &event.deployment_id,
+                update,
+                Some((&event.application, host)),
+                now,
+            )?
+        };
         self.announce(index, &changed);
         Ok(())
     }
@@ -911,6 +988,11 @@ impl Hub {
             .ended
             .then(|| serialize(&status_message(&changed.deployment)));
         for subscription in subscriptions {
+            if let Some(scope) = &subscription.scope
+                && !scope.covers(&changed.deployment.hosts)
+            {
+                continue;
+            }
             for body in std::iter::once(&progress).chain(status.as_ref()) {
                 subscription.outbound.push_reply(Outgoing {
                     subscription: subscription.id,
@@ -1039,6 +1121,7 @@ mod tests {
         };
         hub.subscribe_logs(
             &request,
+            None,
             &outbound,
             |_| Outgoing::reply(Bytes::from_static(b"{}")),
             100,
@@ -1142,6 +1225,7 @@ mod tests {
         };
         let handle = hub.subscribe_logs(
             &request,
+            None,
             &outbound,
             |_| Outgoing::reply(Bytes::from_static(b"{}")),
             3,

@@ -28,6 +28,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::auth::{Credential, Role, Scope};
 
 pub mod session;
 
@@ -100,6 +101,7 @@ pub fn endpoint_config(key: &Path) -> Result<quinn::EndpointConfig, TlsSetupErro
 pub fn server_config(
     cert: &Path,
     key: &Path,
+    client_ca: Option<&Path>,
     idle_timeout: Duration,
 ) -> Result<quinn::ServerConfig, TlsSetupError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -118,10 +120,26 @@ pub fn server_config(
         path: key.display().to_string(),
         message: e.to_string(),
     })?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_ca {
+        // Mutual TLS is optional per agent: one with a certificate of this
+        // CA is known by it; one without still presents a token.
+        Some(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(read_roots(ca)?),
+                crypto_provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsSetupError::Certificate {
+                path: ca.display().to_string(),
+                message: e.to_string(),
+            })?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder.with_single_cert(certs, key)?;
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsSetupError::Quic(e.to_string()))?;
@@ -139,6 +157,24 @@ pub fn server_config(
         .max_concurrent_uni_streams(VarInt::from_u32(0));
     config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// The CA certificates of a PEM file.
+pub fn read_roots(path: &Path) -> Result<rustls::RootCertStore, TlsSetupError> {
+    let error = |message: String| TlsSetupError::Certificate {
+        path: path.display().to_string(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| error(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| error(e.to_string()))?)
+            .map_err(|e| error(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(error("no certificate in the file".into()));
+    }
+    Ok(roots)
 }
 
 /// Logs each kind of failure at most once a minute, with how many similar
@@ -305,29 +341,34 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
             return ended(&state, &uplink, &connection, remote, end);
         }
     };
-    if let Err(refusal) = check_hello(&hello).and_then(|()| authenticate(&state, &hello)) {
-        state.stats.uplink_auth_failures.inc();
-        // Debug formatting: a name from the network never forges a line.
-        warn_limited!(uplink.log, "auth", %remote, host = ?hello.host, agent_id = ?hello.agent_id, reason = %refusal, "agent refused");
-        if let Ok(frame) = session.refuse(&refusal) {
-            let _ = send.write_all(&frame).await;
-            let _ = send.finish();
+    let credential = match check_hello(&hello)
+        .and_then(|()| authenticate(&state, &connection, remote, &hello))
+    {
+        Ok(credential) => credential,
+        Err(refusal) => {
+            state.stats.uplink_auth_failures.inc();
+            // Debug formatting: a name from the network never forges a line.
+            warn_limited!(uplink.log, "auth", %remote, host = ?hello.host, agent_id = ?hello.agent_id, reason = %refusal, "agent refused");
+            if let Ok(frame) = session.refuse(&refusal) {
+                let _ = send.write_all(&frame).await;
+                let _ = send.finish();
+            }
+            // Give the refusal a moment to leave before the close overtakes it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            connection.close(
+                VarInt::from_u32(close_code::UNAUTHORIZED),
+                refusal.to_string().as_bytes(),
+            );
+            return;
         }
-        // Give the refusal a moment to leave before the close overtakes it.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        connection.close(
-            VarInt::from_u32(close_code::UNAUTHORIZED),
-            refusal.to_string().as_bytes(),
-        );
-        return;
-    }
+    };
     match session.welcome(&hello) {
         Ok(frame) if send.write_all(&frame).await.is_ok() => {}
         _ => return,
     }
     drop(handshaking);
     buffer.resize(64 * 1024, 0);
-    tracing::info!(%remote, host = ?hello.host, agent_id = ?hello.agent_id, version = ?hello.agent_version, "agent connected");
+    tracing::info!(%remote, host = ?hello.host, agent_id = ?hello.agent_id, version = ?hello.agent_version, credential = %credential.name, role = %credential.role, "agent connected");
     state.stats.agents_connected.inc();
     state.inventory.connected(
         &hello.host,
@@ -337,7 +378,7 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
         Timestamp::now(),
     );
     let end = tokio::select! {
-        end = ingest(&mut send, &mut recv, &mut buffer, &mut session, &hello, &state, &uplink) => end,
+        end = ingest(&mut send, &mut recv, &mut buffer, &mut session, (&hello, &credential), &state, &uplink) => end,
         _ = state.shutdown.cancelled() => Err(End::Shutdown),
     };
     match end {
@@ -375,12 +416,53 @@ fn ended(
     }
 }
 
-fn authenticate(state: &AppState, hello: &Hello) -> Result<(), Refusal> {
-    match &hello.credentials {
-        Credentials::Token(token) if state.tokens.verify(token) => Ok(()),
-        Credentials::Token(_) => Err(Refusal::InvalidToken),
-        Credentials::ClientCertificate => Err(Refusal::ClientCertificatesDisabled),
+/// Who the agent is: its client certificate's host (mutual TLS), or its
+/// token's credential, which must allow pushing as `hello.host`.
+fn authenticate(
+    state: &AppState,
+    connection: &quinn::Connection,
+    remote: SocketAddr,
+    hello: &Hello,
+) -> Result<Credential, Refusal> {
+    if let Some(chain) = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        && let Some(leaf) = chain.first()
+    {
+        // The TLS handshake verified the chain against `uplink.client_ca`;
+        // the certificate names the one host this agent may be.
+        let names_host = webpki::EndEntityCert::try_from(leaf).is_ok_and(|cert| {
+            rustls::pki_types::ServerName::try_from(hello.host.as_str())
+                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        });
+        if !names_host {
+            return Err(Refusal::CertificateHost(hello.host.clone()));
+        }
+        return Ok(Credential {
+            name: Arc::from(format!("certificate:{}", hello.host)),
+            role: Role::Agent,
+            scope: Arc::new(Scope::exactly(&hello.host)),
+        });
     }
+    let token = match &hello.credentials {
+        Credentials::Token(token) => token,
+        Credentials::ClientCertificate if state.config.uplink.client_ca.is_some() => {
+            return Err(Refusal::NoClientCertificate);
+        }
+        Credentials::ClientCertificate => return Err(Refusal::ClientCertificatesDisabled),
+    };
+    let credential =
+        crate::api::access::verify(state, token, remote.ip()).map_err(|denied| match denied {
+            crate::api::access::Denied::Blocked(seconds) => Refusal::TooManyFailures(seconds),
+            _ => Refusal::InvalidToken,
+        })?;
+    if !credential.may_push() {
+        return Err(Refusal::Role(credential.role.to_string()));
+    }
+    if !credential.scope.allows(&hello.host) {
+        return Err(Refusal::HostNotAllowed(hello.host.clone()));
+    }
+    Ok(credential)
 }
 
 /// Reads more of the stream into the session: the one read loop of the
@@ -424,7 +506,7 @@ async fn ingest(
     recv: &mut quinn::RecvStream,
     buffer: &mut [u8],
     session: &mut UplinkSession,
-    hello: &Hello,
+    (hello, credential): (&Hello, &Credential),
     state: &AppState,
     uplink: &UplinkState,
 ) -> Result<(), End> {
@@ -437,7 +519,9 @@ async fn ingest(
         };
         while let Some(input) = session.next_input(&mut admit)? {
             match input {
-                Input::Batch { batch, new: true } => route(state, uplink, hello, &batch),
+                Input::Batch { batch, new: true } => {
+                    route(state, uplink, hello, credential, &batch)
+                }
                 Input::Batch { new: false, .. } => {
                     state.stats.duplicate_batches.inc();
                 }
@@ -455,9 +539,45 @@ async fn ingest(
     }
 }
 
+/// Whether a `publisher` on the uplink (`o1-agent deploy` with a publisher
+/// token) may send `item`: deployment items only.
+fn publishes(item: &wire::Item) -> bool {
+    match item {
+        wire::Item::Deployment(_) => true,
+        wire::Item::Log(line) => line.deployment_id.is_some(),
+        wire::Item::Metric(_) => false,
+    }
+}
+
 /// Routes a new batch: inventory, then the hub. Items of applications over
-/// the host's limit are refused and counted.
-fn route(state: &AppState, uplink: &UplinkState, hello: &Hello, batch: &wire::Batch) {
+/// the host's limit are refused and counted; so are a publisher's items
+/// that belong to no deployment.
+fn route(
+    state: &AppState,
+    uplink: &UplinkState,
+    hello: &Hello,
+    credential: &Credential,
+    batch: &wire::Batch,
+) {
+    let owned;
+    let batch = if credential.role == Role::Publisher && !batch.items.iter().all(publishes) {
+        let items: Vec<wire::Item> = batch
+            .items
+            .iter()
+            .filter(|i| publishes(i))
+            .cloned()
+            .collect();
+        let refused = batch.items.len() - items.len();
+        state.stats.processing_errors.inc_by(refused as u64);
+        warn_limited!(uplink.log, "publisher_items", host = ?hello.host, refused, "a publisher token sent metrics or plain log lines: refused (publishers send deployment items only; agents need an agent token)");
+        owned = wire::Batch {
+            items,
+            ..batch.clone()
+        };
+        &owned
+    } else {
+        batch
+    };
     let ingested_at = Instant::now();
     let now = Timestamp::now();
     let mut applications: Vec<&str> = batch
@@ -478,9 +598,13 @@ fn route(state: &AppState, uplink: &UplinkState, hello: &Hello, batch: &wire::Ba
         MAX_APPLICATIONS_PER_HOST,
     );
     let refused_items = if refused.is_empty() {
-        state
-            .hub
-            .publish(&hello.host, &batch.items, ingested_at, now);
+        state.hub.publish_as(
+            &hello.host,
+            &batch.items,
+            &credential.scope,
+            ingested_at,
+            now,
+        );
         0
     } else {
         let admitted: Vec<wire::Item> = batch
@@ -493,7 +617,9 @@ fn route(state: &AppState, uplink: &UplinkState, hello: &Hello, batch: &wire::Ba
             })
             .cloned()
             .collect();
-        state.hub.publish(&hello.host, &admitted, ingested_at, now);
+        state
+            .hub
+            .publish_as(&hello.host, &admitted, &credential.scope, ingested_at, now);
         batch.items.len() - admitted.len()
     };
     if refused_items > 0 {

@@ -58,8 +58,18 @@ pub enum Refusal {
     ApplicationName(String),
     #[error("invalid token")]
     InvalidToken,
-    #[error("client certificates are not enabled on this relay")]
+    #[error("client certificates are not enabled on this relay (uplink.client_ca)")]
     ClientCertificatesDisabled,
+    #[error("no client certificate was presented")]
+    NoClientCertificate,
+    #[error("the client certificate does not name host {0:?}")]
+    CertificateHost(String),
+    #[error("a {0} token cannot push over the uplink: use an agent token")]
+    Role(String),
+    #[error("this token may not report as host {0:?}")]
+    HostNotAllowed(String),
+    #[error("too many failed authentications from this address; retry in {0} s")]
+    TooManyFailures(u64),
 }
 
 /// Whether a name from an agent is fit to keep and to log: not empty,

@@ -69,6 +69,13 @@ pub struct Stats {
     pub agents_connected: Gauge,
     /// Uplink handshakes refused for bad credentials.
     pub uplink_auth_failures: Counter,
+    /// Failed authentications of browsers and REST callers (bad or
+    /// malformed tokens).
+    pub auth_failures: Counter,
+    /// Requests and upgrades refused: a `Host` or `Origin` not allowed.
+    pub origin_refused: Counter,
+    /// HTTPS connections whose TLS handshake failed or timed out.
+    pub tls_handshake_failures: Counter,
     /// Uplink connections that failed in TLS/QUIC handshakes (wrong ALPN,
     /// bad certificate, garbage).
     pub uplink_handshake_failures: Counter,
@@ -202,6 +209,21 @@ impl Stats {
                 r,
                 "o1_uplink_auth_failures",
                 "Agents refused for bad credentials.",
+            ),
+            auth_failures: counter(
+                r,
+                "o1_auth_failures",
+                "Failed authentications of browsers and REST callers.",
+            ),
+            origin_refused: counter(
+                r,
+                "o1_http_origin_refused",
+                "Requests refused for a Host or Origin that is not allowed.",
+            ),
+            tls_handshake_failures: counter(
+                r,
+                "o1_http_tls_handshake_failures",
+                "HTTPS connections whose TLS handshake failed or timed out.",
             ),
             uplink_handshake_failures: counter(
                 r,
