@@ -70,7 +70,8 @@ pub struct DeploymentPage {
 #[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// Most deployments in the answer (default 100, at most 1000).
+    /// Most deployments in the answer: 1-1000, default 100.
+    #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 1000))]
     pub limit: Option<usize>,
     /// The `deploymentId` the previous page ended with.
     pub before: Option<String>,
@@ -81,9 +82,14 @@ pub struct ListQuery {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateDeployment {
+    /// Default: generated, `deploy-YYYYMMDD-HHMMSS[-N]`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,128}$"))]
     pub deployment_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub application: String,
+    /// The hosts it deploys to; none: the whole fleet.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 100, value_type = Vec<HostName>))]
     pub hosts: Vec<String>,
     pub message: Option<String>,
 }
@@ -94,11 +100,15 @@ pub struct CreateDeployment {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentEventRequest {
     pub status: Option<DeploymentStatus>,
+    /// 0-100; a whole number (`5.0` is read as 5).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub progress: Option<i64>,
     pub message: Option<String>,
     #[serde(default)]
     pub logs: Vec<LogLineRequest>,
     /// Host the log lines come from; default `ci`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<HostName>))]
     pub host: Option<String>,
 }
 
@@ -108,6 +118,45 @@ pub struct DeploymentEventRequest {
 pub struct LogLineRequest {
     pub level: Option<Level>,
     pub message: String,
+}
+
+/// A host name as the relay keeps it: 1-253 characters, no control
+/// characters (documentation type of the OpenAPI schema).
+#[cfg(feature = "openapi")]
+#[derive(Debug)]
+pub struct HostName;
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for HostName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(253))
+            .pattern(Some("^[^\\u0000-\\u001f\\u007f-\\u009f]+$"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for HostName {}
+
+/// An integer, also when written as a whole float (`5.0`): JSON Schema
+/// counts both as integers, and so do JavaScript clients.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let number = Option::<serde_json::Number>::deserialize(deserializer)?;
+    match number {
+        None => Ok(None),
+        Some(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {n}"))),
+    }
 }
 
 #[cfg(test)]
@@ -137,5 +186,13 @@ mod tests {
         );
         let bad = serde_json::from_str::<CreateDeployment>(r#"{"application":"a","extra":1}"#);
         assert!(bad.is_err());
+        let progress = |text: &str| {
+            serde_json::from_str::<DeploymentEventRequest>(text).map(|r| r.progress)
+        };
+        assert_eq!(progress(r#"{"progress":5.0}"#).unwrap(), Some(5));
+        assert_eq!(progress(r#"{"progress":7}"#).unwrap(), Some(7));
+        assert_eq!(progress(r#"{}"#).unwrap(), None);
+        assert!(progress(r#"{"progress":5.5}"#).is_err());
+        assert!(progress(r#"{"progress":"5"}"#).is_err());
     }
 }

@@ -82,14 +82,18 @@ pub enum DeploymentError {
         "too many deployments in progress: at most {0} pending or running at once; finish or cancel some"
     )]
     TooManyActive(usize),
-    #[error("field `{0}` is too long: at most {1} bytes")]
+    #[error("field `{0}` is too long: at most {1} characters")]
     TooLong(&'static str, usize),
+    #[error("host name {0:?} must not be empty or hold control characters")]
+    InvalidHost(String),
     #[error("this credential does not cover every host of deployment `{0}`")]
     Forbidden(String),
 }
 
 /// Longest application or host name of a deployment.
-pub const MAX_NAME_BYTES: usize = 256;
+pub const MAX_NAME_CHARS: usize = 256;
+/// Longest host name (DNS) a deployment names.
+pub const MAX_HOST_CHARS: usize = 253;
 /// Most hosts a deployment names.
 pub const MAX_HOSTS: usize = 100;
 
@@ -197,14 +201,20 @@ impl Registry {
         message: Option<String>,
         now: Timestamp,
     ) -> Result<Deployment, DeploymentError> {
-        if application.len() > MAX_NAME_BYTES {
-            return Err(DeploymentError::TooLong("application", MAX_NAME_BYTES));
+        if application.chars().count() > MAX_NAME_CHARS {
+            return Err(DeploymentError::TooLong("application", MAX_NAME_CHARS));
         }
         if hosts.len() > MAX_HOSTS {
             return Err(DeploymentError::TooLong("hosts", MAX_HOSTS));
         }
-        if hosts.iter().any(|h| h.len() > MAX_NAME_BYTES) {
-            return Err(DeploymentError::TooLong("hosts[]", MAX_NAME_BYTES));
+        if hosts.iter().any(|h| h.chars().count() > MAX_HOST_CHARS) {
+            return Err(DeploymentError::TooLong("hosts[]", MAX_HOST_CHARS));
+        }
+        if let Some(bad) = hosts
+            .iter()
+            .find(|h| h.is_empty() || h.chars().any(char::is_control))
+        {
+            return Err(DeploymentError::InvalidHost(bad.clone()));
         }
         if self.active() >= self.limits.max_active {
             return Err(DeploymentError::TooManyActive(self.limits.max_active));

@@ -239,7 +239,8 @@ fn deployment_error(e: DeploymentError) -> Response {
         | DeploymentError::BackToPending => StatusCode::CONFLICT,
         DeploymentError::InvalidId(_)
         | DeploymentError::ProgressOutOfRange(_)
-        | DeploymentError::TooLong(..) => StatusCode::UNPROCESSABLE_ENTITY,
+        | DeploymentError::TooLong(..)
+        | DeploymentError::InvalidHost(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeploymentError::TooManyActive(_) => StatusCode::TOO_MANY_REQUESTS,
         DeploymentError::Forbidden(_) => StatusCode::FORBIDDEN,
     };
@@ -370,6 +371,15 @@ pub async fn deployment_event(
         return response;
     }
     if let Some(host) = &request.host
+        && (host.is_empty() || host.chars().count() > 253 || host.chars().any(char::is_control))
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidMessage,
+            "field `host`: 1-253 characters without control characters",
+        );
+    }
+    if let Some(host) = &request.host
         && !caller.scope.allows(host)
     {
         return Denied::Forbidden(format!(
@@ -495,7 +505,14 @@ pub async fn list_deployments(
             );
         }
     };
-    let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidMessage,
+            format!("limit: must be 1-{MAX_PAGE}"),
+        );
+    }
     let hub = state.hub.clone();
     let built = tokio::task::spawn_blocking(move || {
         let (page, more) = hub
