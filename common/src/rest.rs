@@ -143,7 +143,9 @@ impl utoipa::ToSchema for HostName {}
 
 /// An integer, also when written as a whole float (`5.0`): JSON Schema
 /// counts both as integers, and so do JavaScript clients.
-fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
     let number = Option::<serde_json::Number>::deserialize(deserializer)?;
     match number {
         None => Ok(None),
@@ -186,9 +188,8 @@ mod tests {
         );
         let bad = serde_json::from_str::<CreateDeployment>(r#"{"application":"a","extra":1}"#);
         assert!(bad.is_err());
-        let progress = |text: &str| {
-            serde_json::from_str::<DeploymentEventRequest>(text).map(|r| r.progress)
-        };
+        let progress =
+            |text: &str| serde_json::from_str::<DeploymentEventRequest>(text).map(|r| r.progress);
         assert_eq!(progress(r#"{"progress":5.0}"#).unwrap(), Some(5));
         assert_eq!(progress(r#"{"progress":7}"#).unwrap(), Some(7));
         assert_eq!(progress(r#"{}"#).unwrap(), None);

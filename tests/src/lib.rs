@@ -310,6 +310,12 @@ pub fn merge_toml(base: &str, extra: &str) -> Result<String> {
                 (Some(toml::Value::Table(existing)), toml::Value::Table(more)) => {
                     merge(existing, more)
                 }
+                // Arrays of tables (`[[auth.token]]`) add up.
+                (Some(toml::Value::Array(existing)), toml::Value::Array(more))
+                    if existing.iter().chain(&more).all(toml::Value::is_table) =>
+                {
+                    existing.extend(more)
+                }
                 (_, value) => {
                     into.insert(key, value);
                 }
@@ -518,7 +524,12 @@ pub async fn metrics_text(relay: &Relay) -> Result<String> {
 
 /// The value of the sample line `name` in the relay's `/metrics`.
 pub async fn metric_value(relay: &Relay, name: &str) -> Result<f64> {
-    let text = metrics_text(relay).await?;
+    metric_value_with(relay, name, None).await
+}
+
+/// [`metric_value`] with a bearer token (relays with `browsers = "token"`).
+pub async fn metric_value_with(relay: &Relay, name: &str, token: Option<&str>) -> Result<f64> {
+    let (_, text) = get_with(&relay.url("/metrics"), token).await?;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.parse().ok())
@@ -768,4 +779,117 @@ pub fn journal_append(dir: &Path, entries: &[JournalEntry]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A credential made by `o1-relay token create`.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub token: String,
+    /// The `[[auth.token]]` table for relay.toml.
+    pub toml: String,
+}
+
+impl Token {
+    pub fn create(role: &str, hosts: &[&str], name: &str) -> Result<Token> {
+        let mut command = Command::new(binary("o1-relay"));
+        command.args(["token", "create", "--role", role, "--name", name]);
+        for host in hosts {
+            command.args(["--hosts", host]);
+        }
+        let output = command.output()?;
+        if !output.status.success() {
+            bail!(
+                "o1-relay token create failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let text = String::from_utf8(output.stdout)?;
+        let token = text
+            .lines()
+            .find_map(|l| l.strip_prefix("token: "))
+            .context("no token line")?
+            .to_owned();
+        let toml = text
+            .split_once("# relay.toml\n")
+            .map(|(_, rest)| rest.to_owned())
+            .context("no relay.toml lines")?;
+        Ok(Token { token, toml })
+    }
+}
+
+/// A GET with an optional bearer token: the status and the body text.
+pub async fn get_with(url: &str, token: Option<&str>) -> Result<(u16, String)> {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// A POST of a JSON body with an optional bearer token: status and body.
+pub async fn post_with(url: &str, token: Option<&str>, body: Value) -> Result<(u16, Value)> {
+    let mut request = reqwest::Client::new().post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+impl WsClient {
+    /// Connects with extra request headers (`Origin`, `Authorization`).
+    /// `Err` carries the HTTP status when the upgrade was refused.
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> std::result::Result<WsClient, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().map_err(|_| 0u16)?;
+        for (name, value) in headers {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| 0u16)?;
+            request
+                .headers_mut()
+                .insert(name, value.parse().map_err(|_| 0u16)?);
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((stream, _)) => Ok(WsClient { stream }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(_) => Err(0),
+        }
+    }
+
+    /// Sends `authenticate` and returns the answer.
+    pub async fn authenticate(&mut self, token: &str) -> Result<Value> {
+        self.send_json(
+            serde_json::json!({"type": "authenticate", "token": token, "requestId": "auth"}),
+        )
+        .await?;
+        self.recv_json(Duration::from_secs(5)).await
+    }
+}
+
+impl SimAgent {
+    /// Connects with these settings (another token, a client certificate).
+    pub async fn connect_settings(
+        settings: &o1_agent::uplink::UplinkSettings,
+    ) -> std::result::Result<SimAgent, o1_agent::uplink::UplinkError> {
+        let endpoint = o1_agent::uplink::endpoint(settings)?;
+        let session = o1_agent::uplink::connect(&endpoint, settings).await?;
+        Ok(SimAgent {
+            endpoint,
+            session,
+            next_sequence: 1,
+        })
+    }
 }

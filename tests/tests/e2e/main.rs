@@ -3,6 +3,7 @@
 // Tests: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod deployments;
 mod file_edges;
 mod first_run;
