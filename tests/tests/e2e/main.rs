@@ -10,6 +10,7 @@ mod first_run;
 mod hardening;
 mod journal;
 mod metrics;
+mod seed_js;
 mod tailing;
 mod uplink;
 mod websocket_api;
