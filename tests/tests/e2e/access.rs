@@ -682,3 +682,54 @@ async fn origins_and_hosts_outside_the_allow_lists_are_refused() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200, "health is exempt");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_old_token_sha256_keeps_working_as_admin_with_a_deprecation_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path()).unwrap();
+    let old = Token::create("admin", &[], "old").unwrap();
+    let digest = old
+        .toml
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let relay = Relay::start(
+        &dir.path().join("relay"),
+        &pki,
+        &format!("[auth]\nbrowsers = \"token\"\ntoken_sha256 = [\"{digest}\"]\n"),
+    )
+    .unwrap();
+    let log = eventually(WAIT, || {
+        let log = relay.log();
+        async move { log.contains("auth.token_sha256 is deprecated").then_some(log) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        log.matches("auth.token_sha256 is deprecated").count(),
+        1,
+        "said once at start: {log}"
+    );
+    // Reads, publishes and pushes as any host, as before roles existed.
+    let (status, _) = get_with(&relay.url("/api/hosts"), Some(&old.token))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = post_with(
+        &relay.url("/api/deployments"),
+        Some(&old.token),
+        json!({"application": "app"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let mut agent = SimAgent::connect_settings(&sim_settings(&relay, &pki, "any-host", &old.token))
+        .await
+        .unwrap();
+    agent
+        .send(vec![log_item("app", Level::Info, "still works")])
+        .await
+        .unwrap();
+}
