@@ -23,6 +23,7 @@ pub mod deployments;
 pub mod hub;
 pub mod ingest;
 pub mod inventory;
+pub mod store;
 pub mod telemetry;
 
 use std::net::SocketAddr;
