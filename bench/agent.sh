@@ -47,6 +47,7 @@ sha256 = "$HASH"
 role = "admin"
 [history]
 lines_per_source = 100
+dir = "$DIR/history"
 TOML
 RUST_LOG=warn $BIN/o1-relay --config "$DIR/relay.toml" > "$DIR/relay.out" 2> "$DIR/relay.err" &
 PIDS+=($!)

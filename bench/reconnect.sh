@@ -21,6 +21,8 @@ listen = "127.0.0.1:3920"
 listen = "127.0.0.1:4920"
 cert = "$DIR/tls/relay.crt"
 key = "$DIR/tls/relay.key"
+[history]
+dir = "$DIR/history"
 [auth]
 browsers = "open"
 [[auth.token]]

@@ -39,6 +39,7 @@ max_connections = 20000
 max_connections_per_address = 20000
 [history]
 lines_per_source = 100
+dir = "$DIR/history"
 TOML
   RUST_LOG=warn "${1:-$BIN/o1-relay}" --config "$DIR/relay.toml" > "$DIR/relay.out" 2> "$DIR/relay.err" &
   RELAY=$!

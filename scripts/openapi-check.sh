@@ -30,6 +30,8 @@ sha256 = "$HASH"
 role = "admin"
 [deployments]
 max_active = 100000
+[history]
+dir = "$DIR/history"
 TOML
 "$BIN/o1-relay" --config "$DIR/relay.toml" serve --no-uplink > "$DIR/relay.out" 2> "$DIR/relay.err" &
 for _ in $(seq 100); do grep -q listening "$DIR/relay.out" 2>/dev/null && break; sleep 0.1; done

@@ -60,6 +60,7 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
         hosts: vec!["*".into()],
     }];
     config.shutdown.grace_secs = 3;
+    config.history.dir = data_dir.join("history");
     config.validate()?;
     let listeners = bind(&config, true).await?;
     let http = listeners.http_addr().context("http address")?;
@@ -111,7 +112,7 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
     );
     println!("Ctrl-C stops everything.");
 
-    let state = AppState::new(config, shutdown.clone());
+    let state = AppState::new(config, shutdown.clone())?;
     let relay = tokio::spawn(run(state, listeners));
     let agent_task = tokio::spawn(o1_agent::run(agent, shutdown.clone()));
     if options.heartbeat_secs > 0 {

@@ -55,6 +55,9 @@ impl std::fmt::Debug for Authenticate {
 #[serde(rename_all = "camelCase")]
 pub struct SubscribeDeployment {
     pub deployment_id: String,
+    /// Resume: only what changed after this position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Since>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
 }
@@ -75,8 +78,20 @@ pub struct SubscribeLogs {
     /// Replay the last N matching lines first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail: Option<u32>,
+    /// Resume: replay every matching line after this position first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Since>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
+}
+
+/// A position to resume after: the `offset` of the last item received and
+/// the `epoch` of the `subscribed` that preceded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: u64,
 }
 
 /// The metric families a subscriber may select.
@@ -108,9 +123,19 @@ pub struct SubscribeMetrics {
     /// Absent means all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Vec<MetricName>>,
+    /// Seconds of past samples to send first, oldest first (one per
+    /// `HISTORY_STEP_SECS` per series, at most `MAX_HISTORY_SECS`), so a
+    /// chart opens full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
 }
+
+/// The spacing of metric history samples, seconds.
+pub const HISTORY_STEP_SECS: i64 = 5;
+/// The most metric history a subscription can ask for: 15 minutes.
+pub const MAX_HISTORY_SECS: u32 = 900;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -263,6 +288,7 @@ pub enum ServerMessage {
     Dropped(Dropped),
     Error(ErrorMessage),
     Authenticated(Authenticated),
+    Gap(Gap),
 }
 
 impl ServerMessage {
@@ -308,6 +334,10 @@ pub struct DeploymentMessage {
     pub timestamp: Timestamp,
     /// 0–100.
     pub progress: u8,
+    /// The relay-wide position of this item (grows across restarts); give
+    /// it back in `since` to resume after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -323,6 +353,10 @@ pub struct LogMessage {
     pub level: Level,
     pub message: String,
     pub timestamp: Timestamp,
+    /// The relay-wide position of this item (grows across restarts); give
+    /// it back in `since` to resume after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// Network throughput of a host, bytes per second.
@@ -373,6 +407,10 @@ pub struct StatusMessage {
     pub status: DeploymentStatus,
     pub message: String,
     pub timestamp: Timestamp,
+    /// The relay-wide position of this item (grows across restarts); give
+    /// it back in `since` to resume after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// Answers `subscribe*` (`subscribed`) and `unsubscribe` (`unsubscribed`).
@@ -382,6 +420,20 @@ pub struct SubscriptionAck {
     pub subscription_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
+    /// The history's epoch (on `subscribed`): offsets compare only within
+    /// one epoch; it changes when the relay's history was wiped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    pub timestamp: Timestamp,
+}
+
+/// Items after a `since` that are no longer held (or of another epoch):
+/// sent before the replay; `missed` is how many, when known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Gap {
+    pub subscription_id: String,
+    pub missed: Option<u64>,
     pub timestamp: Timestamp,
 }
 

@@ -204,6 +204,7 @@ mod tests {
             search: search.map(Into::into),
             level,
             tail: None,
+            since: None,
             request_id: None,
         })
     }
@@ -367,6 +368,7 @@ mod tests {
             host: Some("test-anvil-01".into()),
             application: None,
             metrics: None,
+            history: None,
             request_id: None,
         });
         assert!(filter.matches("test-anvil-01", "Anvil"));

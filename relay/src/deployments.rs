@@ -26,6 +26,10 @@ pub struct Deployment {
     pub logs: VecDeque<DeploymentLog>,
     /// Bytes of the kept lines' messages (bounded by `max_log_bytes`).
     pub log_bytes: usize,
+    /// The history offset of the last change (0 before any).
+    pub offset: u64,
+    /// The offset of the newest line no longer kept, if any was dropped.
+    pub evicted_through: Option<u64>,
 }
 
 impl Deployment {
@@ -51,6 +55,8 @@ pub struct DeploymentLog {
     pub level: Level,
     pub message: String,
     pub timestamp: Timestamp,
+    /// Its history offset.
+    pub offset: u64,
     /// The `log` message as subscribers receive it (without their
     /// `subscriptionId`), serialized once and shared by every replay.
     pub body: bytes::Bytes,
@@ -84,6 +90,8 @@ pub enum DeploymentError {
     TooManyActive(usize),
     #[error("field `{0}` is too long: at most {1} characters")]
     TooLong(&'static str, usize),
+    #[error("the relay cannot record this change: {0}")]
+    Storage(String),
     #[error("host name {0:?} must not be empty or hold control characters")]
     InvalidHost(String),
     #[error("this credential does not cover every host of deployment `{0}`")]
@@ -240,6 +248,8 @@ impl Registry {
             ended_at: None,
             logs: VecDeque::new(),
             log_bytes: 0,
+            offset: 0,
+            evicted_through: None,
         };
         self.deployments.insert(id, deployment.clone());
         Ok(deployment)
@@ -332,6 +342,38 @@ impl Registry {
 
     /// Ends as `failed` every pending or running deployment with no event
     /// within the TTL; returns what changed, for the hub to announce.
+    /// Records that the last change of `id` has history offset `offset`.
+    pub fn stamp(&mut self, id: &str, offset: u64) {
+        if let Some(deployment) = self.deployments.get_mut(id) {
+            deployment.offset = offset;
+        }
+    }
+
+    /// Forgets a deployment (its creation could not be recorded).
+    pub fn remove(&mut self, id: &str) {
+        self.deployments.remove(id);
+    }
+
+    /// Deployments in progress silent for `active_ttl_secs`.
+    pub fn stale(&self, now: Timestamp) -> Vec<String> {
+        let ttl_ms = (self.limits.active_ttl_secs as i64).saturating_mul(1000);
+        self.deployments
+            .values()
+            .filter(|d| {
+                !d.status.is_final() && now.unix_millis - d.updated_at.unix_millis >= ttl_ms
+            })
+            .map(|d| d.deployment_id.clone())
+            .collect()
+    }
+
+    /// The status message of a deployment that timed out.
+    pub fn timeout_message(&self) -> String {
+        format!(
+            "Deployment timed out: no event for {} s",
+            self.limits.active_ttl_secs
+        )
+    }
+
     pub fn expire(&mut self, now: Timestamp) -> Vec<Changed> {
         let ttl_ms = (self.limits.active_ttl_secs as i64).saturating_mul(1000);
         let stale: Vec<String> = self
@@ -399,6 +441,7 @@ impl Registry {
             || (deployment.log_bytes > self.limits.max_log_bytes && deployment.logs.len() > 1)
         {
             if let Some(old) = deployment.logs.pop_front() {
+                deployment.evicted_through = Some(old.offset);
                 deployment.log_bytes -= old.body.len();
             }
         }
@@ -551,6 +594,7 @@ mod tests {
                 level: Level::Info,
                 message: format!("{n}"),
                 timestamp: t0,
+                offset: n,
                 body: bytes::Bytes::from(vec![b'x'; 1000]),
             };
             registry.add_log("d", log).unwrap();
@@ -558,6 +602,7 @@ mod tests {
         let kept = &registry.get("d").unwrap().logs;
         assert_eq!(kept.len(), 3, "3 lines of 1,000 bytes fit in 3,000");
         assert_eq!(kept[0].message, "7", "the oldest went first");
+        assert_eq!(registry.get("d").unwrap().evicted_through, Some(6));
     }
 
     #[test]

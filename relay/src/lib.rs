@@ -62,10 +62,20 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: RelayConfig, shutdown: CancellationToken) -> Self {
+    /// Opens the history log (`history.dir`) and rebuilds the relay's state
+    /// from it.
+    pub fn new(
+        config: RelayConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, store::StoreError> {
         let stats = Arc::new(Stats::new());
-        let hub = Arc::new(Hub::new(stats.clone(), config.history, config.deployments));
-        AppState {
+        let hub = Arc::new(Hub::open(
+            stats.clone(),
+            config.history.clone(),
+            config.deployments,
+            config.history.store_config(),
+        )?);
+        Ok(AppState {
             gate: Arc::new(ConnectionGate::new(
                 config.websocket.max_connections,
                 config.websocket.max_connections_per_address,
@@ -86,7 +96,7 @@ impl AppState {
             inventory: Arc::new(Inventory::default()),
             shutdown,
             tracker: TaskTracker::new(),
-        }
+        })
     }
 }
 
@@ -300,6 +310,33 @@ pub async fn run(state: AppState, listeners: Listeners) {
                 if forgotten > 0 {
                     tracing::info!(hosts = forgotten, "silent hosts left the inventory");
                 }
+            }
+        });
+    }
+    // The history log reaches the disk every `fsync_interval_ms`; old
+    // segments go by age here too.
+    {
+        let (hub, shutdown) = (state.hub.clone(), shutdown.clone());
+        let every = hub
+            .store()
+            .map_or(Duration::from_secs(1), |s| s.fsync_interval())
+            .max(Duration::from_millis(10));
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let hub = hub.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(store) = hub.store() {
+                        store.sync();
+                    }
+                })
+                .await;
+            }
+            if let Some(store) = hub.store() {
+                store.sync();
             }
         });
     }

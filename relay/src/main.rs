@@ -214,6 +214,14 @@ fn serve(config_path: &std::path::Path, overrides: &[String], with_uplink: bool)
         }
     };
     runtime.block_on(async move {
+        // The history log first: the relay listens once its state is back.
+        let state = match AppState::new(config.clone(), o1_runtime::stop_on_signals()) {
+            Ok(state) => state,
+            Err(e) => {
+                eprintln!("o1-relay: history log (history.dir): {e}");
+                return ExitCode::from(3);
+            }
+        };
         let listeners = match bind(&config, with_uplink).await {
             Ok(listeners) => listeners,
             Err(e) => {
@@ -237,7 +245,6 @@ fn serve(config_path: &std::path::Path, overrides: &[String], with_uplink: bool)
         };
         println!("o1-relay listening http={http} uplink={uplink} scheme={scheme}");
         tracing::info!(%http, %uplink, "o1-relay listening");
-        let state = AppState::new(config, o1_runtime::stop_on_signals());
         run(state, listeners).await;
         ExitCode::SUCCESS
     })

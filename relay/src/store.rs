@@ -64,6 +64,86 @@ impl Entry {
     }
 }
 
+/// [`Entry`], borrowed: what the hub appends without copying a batch.
+/// Encoded exactly as `Entry` (same variants and fields, in order).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum EntryRef<'a> {
+    Batch {
+        host: &'a str,
+        agent_id: &'a str,
+        sequence: u64,
+        items: &'a [Item],
+    },
+    Created {
+        deployment_id: &'a str,
+        application: &'a str,
+        hosts: &'a [String],
+        message: Option<&'a str>,
+    },
+    Updated {
+        deployment_id: &'a str,
+        status: Option<DeploymentStatus>,
+        progress: Option<i64>,
+        message: Option<&'a str>,
+    },
+}
+
+impl EntryRef<'_> {
+    pub fn offsets(&self) -> u64 {
+        match self {
+            EntryRef::Batch { items, .. } => items.len() as u64,
+            _ => 1,
+        }
+    }
+}
+
+impl Entry {
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        match self {
+            Entry::Batch {
+                host,
+                agent_id,
+                sequence,
+                items,
+            } => EntryRef::Batch {
+                host,
+                agent_id,
+                sequence: *sequence,
+                items,
+            },
+            Entry::Created {
+                deployment_id,
+                application,
+                hosts,
+                message,
+            } => EntryRef::Created {
+                deployment_id,
+                application,
+                hosts,
+                message: message.as_deref(),
+            },
+            Entry::Updated {
+                deployment_id,
+                status,
+                progress,
+                message,
+            } => EntryRef::Updated {
+                deployment_id,
+                status: *status,
+                progress: *progress,
+                message: message.as_deref(),
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    offset: u64,
+    at_ms: i64,
+    entry: EntryRef<'a>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// The offset of the entry's first item.
@@ -171,7 +251,7 @@ fn read_frame(reader: &mut impl Read) -> Result<Option<(Record, u64)>, String> {
     Ok(Some((record, 8 + length as u64)))
 }
 
-fn encode(record: &Record) -> Result<Vec<u8>, StoreError> {
+fn encode(record: &impl Serialize) -> Result<Vec<u8>, StoreError> {
     let payload = postcard::to_stdvec(record)?;
     let mut frame = Vec::with_capacity(8 + payload.len());
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -239,7 +319,10 @@ impl Store {
                     Err(problem) => {
                         tracing::warn!(segment = %path.display(), at = good, %problem, "history log: cut at the last whole record");
                         if i + 1 == count {
-                            let file = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                            let file = OpenOptions::new()
+                                .write(true)
+                                .open(&path)
+                                .map_err(io(&path))?;
                             file.set_len(good).map_err(io(&path))?;
                         }
                         break;
@@ -296,15 +379,15 @@ impl Store {
 
     /// Appends `entry` at the next offset; returns that offset. Callers
     /// serialize appends (the hub's publish order).
-    pub fn append(&self, at_ms: i64, entry: Entry) -> Result<u64, StoreError> {
+    pub fn append(&self, at_ms: i64, entry: EntryRef<'_>) -> Result<u64, StoreError> {
         let mut writer = self.writer.lock();
         let offset = self.next_offset.load(Ordering::Acquire);
-        let record = Record {
+        let end = offset + entry.offsets();
+        let frame = encode(&RecordRef {
             offset,
             at_ms,
             entry,
-        };
-        let frame = encode(&record)?;
+        })?;
         let current = writer.segments.back().cloned();
         if let Some(segment) = current
             && segment.bytes > 0
@@ -312,13 +395,17 @@ impl Store {
         {
             self.roll(&mut writer, offset)?;
         }
-        let path = writer.segments.back().map(|s| s.path.clone()).unwrap_or_default();
+        let path = writer
+            .segments
+            .back()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
         writer.file.write_all(&frame).map_err(io(&path))?;
         if let Some(segment) = writer.segments.back_mut() {
             segment.bytes += frame.len() as u64;
         }
         writer.dirty = true;
-        self.next_offset.store(record.end(), Ordering::Release);
+        self.next_offset.store(end, Ordering::Release);
         Ok(offset)
     }
 
@@ -523,8 +610,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(config(dir.path()), |_| {}).unwrap();
         let epoch = store.epoch();
-        assert_eq!(store.append(1, batch(3, "a")).unwrap(), 0);
-        assert_eq!(store.append(2, batch(2, "b")).unwrap(), 3);
+        assert_eq!(store.append(1, batch(3, "a").as_ref()).unwrap(), 0);
+        assert_eq!(store.append(2, batch(2, "b").as_ref()).unwrap(), 3);
         assert_eq!(store.next_offset(), 5);
         drop(store);
         // A crash mid-write: half a frame at the end.
@@ -536,9 +623,39 @@ mod tests {
         let store = Store::open(config(dir.path()), |r| recovered.push(r.offset)).unwrap();
         assert_eq!(recovered, [0, 3]);
         assert_eq!(store.epoch(), epoch, "same directory, same epoch");
-        assert_eq!(store.append(3, batch(1, "c")).unwrap(), 5, "offsets go on");
+        assert_eq!(
+            store.append(3, batch(1, "c").as_ref()).unwrap(),
+            5,
+            "offsets go on"
+        );
         drop(store);
-        assert_eq!(read_all(dir.path()).unwrap().len(), 3);
+        let all = read_all(dir.path()).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(
+            all[2].entry,
+            batch(1, "c"),
+            "borrowed and owned encode alike"
+        );
+        let created = Entry::Created {
+            deployment_id: "d".into(),
+            application: "a".into(),
+            hosts: vec!["h".into()],
+            message: Some("m".into()),
+        };
+        assert_eq!(
+            encode(&RecordRef {
+                offset: 1,
+                at_ms: 2,
+                entry: created.as_ref()
+            })
+            .unwrap(),
+            encode(&Record {
+                offset: 1,
+                at_ms: 2,
+                entry: created
+            })
+            .unwrap()
+        );
         // Wiped: a new epoch, offsets from 0.
         std::fs::remove_dir_all(dir.path()).unwrap();
         let store = Store::open(config(dir.path()), |_| {}).unwrap();
@@ -551,7 +668,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(config(dir.path()), |_| {}).unwrap();
         for i in 0..1000 {
-            store.append(i, batch(2, &format!("r{i}"))).unwrap();
+            store
+                .append(i, batch(2, &format!("r{i}")).as_ref())
+                .unwrap();
         }
         assert_eq!(store.next_offset(), 2000);
         let segments = std::fs::read_dir(dir.path()).unwrap().count() - 1;

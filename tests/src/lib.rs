@@ -95,9 +95,10 @@ impl Relay {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("relay.toml");
         let base = format!(
-            "[http]\nlisten = \"{http}\"\n\n[uplink]\nlisten = \"{uplink}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[auth]\nbrowsers = \"open\"\n\n[[auth.token]]\nname = \"tests\"\nsha256 = \"{}\"\nrole = \"admin\"\n",
+            "[http]\nlisten = \"{http}\"\n\n[uplink]\nlisten = \"{uplink}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[history]\ndir = \"{}\"\n\n[auth]\nbrowsers = \"open\"\n\n[[auth.token]]\nname = \"tests\"\nsha256 = \"{}\"\nrole = \"admin\"\n",
             pki.dir.join("relay.crt").display(),
             pki.dir.join("relay.key").display(),
+            dir.join("history").display(),
             pki.token_sha256
         );
         std::fs::write(&config, merge_toml(&base, extra)?)?;

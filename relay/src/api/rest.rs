@@ -243,10 +243,12 @@ fn deployment_error(e: DeploymentError) -> Response {
         | DeploymentError::InvalidHost(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeploymentError::TooManyActive(_) => StatusCode::TOO_MANY_REQUESTS,
         DeploymentError::Forbidden(_) => StatusCode::FORBIDDEN,
+        DeploymentError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     let code = match status {
         StatusCode::NOT_FOUND => ErrorCode::SubscriptionFailed,
         StatusCode::FORBIDDEN => ErrorCode::Unauthorized,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::ConnectionFailed,
         StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimitExceeded,
         _ => ErrorCode::InvalidMessage,
     };
@@ -318,7 +320,7 @@ pub async fn create_deployment(
     if let Err(denied) = access::covers(&caller, &request.hosts, "this deployment") {
         return denied.into_response();
     }
-    let created = state.hub.lock_deployments().create(
+    let created = state.hub.create_deployment(
         request.deployment_id,
         request.application,
         request.hosts,

@@ -81,6 +81,7 @@ pub enum Frame<'a> {
 pub enum Subscribe {
     Deployment {
         deployment_id: String,
+        since: Option<o1_common::api::Since>,
     },
     /// `replay`: lines of `tail` this connection's replay budget allows.
     Logs {
@@ -364,6 +365,7 @@ impl<C: Clock + Clone> WsSession<C> {
         let subscribe = match message {
             ClientMessage::Subscribe(request) => Subscribe::Deployment {
                 deployment_id: request.deployment_id,
+                since: request.since,
             },
             ClientMessage::SubscribeLogs(request) => {
                 let wanted = request.tail.unwrap_or(0).min(self.limits.max_tail);
@@ -404,6 +406,7 @@ impl<C: Clock + Clone> WsSession<C> {
                     Action::Reply(ServerMessage::Unsubscribed(SubscriptionAck {
                         subscription_id: request.subscription_id,
                         request_id,
+                        epoch: None,
                         timestamp: now,
                     })),
                 ];
@@ -507,10 +510,16 @@ pub fn subscription_failed(
 }
 
 /// The `subscribed` ack of subscription `id`.
-pub fn subscribed_ack(id: u64, request_id: Option<RequestId>, now: Timestamp) -> ServerMessage {
+pub fn subscribed_ack(
+    id: u64,
+    request_id: Option<RequestId>,
+    epoch: u64,
+    now: Timestamp,
+) -> ServerMessage {
     ServerMessage::Subscribed(SubscriptionAck {
         subscription_id: subscription_name(id),
         request_id,
+        epoch: Some(epoch),
         timestamp: now,
     })
 }
@@ -579,7 +588,7 @@ mod tests {
                     ..
                 } => format!("subscribe logs replay {replay}"),
                 Action::Subscribe { subscribe, .. } => match subscribe {
-                    Subscribe::Deployment { deployment_id } => {
+                    Subscribe::Deployment { deployment_id, .. } => {
                         format!("subscribe deployment {deployment_id}")
                     }
                     _ => "subscribe metrics".into(),

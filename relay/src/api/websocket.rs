@@ -374,19 +374,20 @@ struct Connection {
 
 impl Connection {
     /// Does what the session decided.
-    fn act(
+    async fn act(
         &mut self,
         actions: Vec<Action>,
         outbound: &Arc<Outbound>,
         state: &AppState,
     ) -> Option<ReadEnd> {
-        for action in actions {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
             match action {
                 Action::Reply(message) => outbound.push_reply(Outgoing::reply(encode(&message))),
                 Action::Subscribe {
                     subscribe,
                     request_id,
-                } => self.subscribe(subscribe, request_id, outbound, state),
+                } => self.subscribe(subscribe, request_id, outbound, state).await,
                 Action::Unsubscribe(id) => {
                     if let Some(position) = self.handles.iter().position(|h| h.id == id) {
                         let handle = self.handles.swap_remove(position);
@@ -405,11 +406,11 @@ impl Connection {
                     {
                         tracing::warn!(client = %self.client, reason = %denied, suppressed_since_last = suppressed, "websocket authentication failed");
                     }
-                    let actions =
-                        self.session
-                            .authentication(outcome, request_id, Timestamp::now());
-                    if let Some(end) = self.act(actions, outbound, state) {
-                        return Some(end);
+                    let more = self
+                        .session
+                        .authentication(outcome, request_id, Timestamp::now());
+                    for (i, action) in more.into_iter().enumerate() {
+                        queue.insert(i, action);
                     }
                 }
             }
@@ -417,7 +418,7 @@ impl Connection {
         None
     }
 
-    fn subscribe(
+    async fn subscribe(
         &mut self,
         subscribe: Subscribe,
         request_id: Option<RequestId>,
@@ -437,10 +438,12 @@ impl Connection {
             ));
             return;
         }
+        let epoch = state.hub.epoch();
         let ack = |id: u64| {
             Outgoing::reply(encode(&subscribed_ack(
                 id,
                 request_id.clone(),
+                epoch,
                 Timestamp::now(),
             )))
         };
@@ -451,10 +454,13 @@ impl Connection {
             .map(|c| c.scope.clone())
             .filter(|s| !s.is_all());
         let handle = match &subscribe {
-            Subscribe::Deployment { deployment_id } => {
+            Subscribe::Deployment {
+                deployment_id,
+                since,
+            } => {
                 match state
                     .hub
-                    .subscribe_deployment(deployment_id, scope, outbound, ack)
+                    .subscribe_deployment(deployment_id, *since, scope, outbound, ack)
                 {
                     Ok(handle) => handle,
                     Err(error) => {
@@ -479,9 +485,17 @@ impl Connection {
                     }
                 }
             }
-            Subscribe::Logs { request, replay } => state
-                .hub
-                .subscribe_logs(request, scope, outbound, ack, *replay),
+            Subscribe::Logs { request, replay } => match request.since {
+                Some(since) => {
+                    crate::hub::resume::subscribe_logs_since(
+                        &state.hub, request, since, scope, outbound, ack,
+                    )
+                    .await
+                }
+                None => state
+                    .hub
+                    .subscribe_logs(request, scope, outbound, ack, *replay),
+            },
             Subscribe::Metrics { request } => {
                 state.hub.subscribe_metrics(request, scope, outbound, ack)
             }
@@ -685,7 +699,7 @@ async fn read_loop(
                 actions
             }
         };
-        if let Some(end) = connection.act(actions, outbound, state) {
+        if let Some(end) = connection.act(actions, outbound, state).await {
             return end;
         }
     }

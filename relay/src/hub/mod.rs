@@ -17,6 +17,7 @@
 //! replay to be walked.
 
 pub mod outbound;
+pub mod resume;
 
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::{HashMap, VecDeque};
@@ -37,11 +38,13 @@ use crate::auth::Scope;
 use crate::deployments::{
     Changed, Deployment, DeploymentError, DeploymentLog, Registry, RegistryLimits, Update,
 };
-use crate::hub::outbound::{Outbound, Outgoing, SeriesKey};
+use crate::hub::outbound::{Outbound, Outgoing, SeriesKey, subscription_name};
+use crate::store::{Entry, EntryRef, Store, StoreConfig, StoreError};
 use crate::telemetry::Stats;
 
-/// Limits of the hub's memory: `[history]` in the configuration.
-#[derive(Debug, Clone, Copy, serde::Deserialize)]
+/// `[history]` in the configuration: what the hub keeps in memory, and
+/// the history log on disk.
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryLimits {
     /// Log lines kept per (host, application) for `tail`.
@@ -50,6 +53,17 @@ pub struct HistoryLimits {
     pub bytes_per_source: usize,
     /// Longest log line kept and sent; longer ones are cut.
     pub max_line_bytes: usize,
+    /// Directory of the history log (resume with `since`, restarts).
+    pub dir: std::path::PathBuf,
+    /// Bytes the log may hold; the oldest segments go first.
+    pub disk_bytes: u64,
+    /// Age after which a segment goes, seconds.
+    pub disk_max_age_secs: u64,
+    /// Size of one segment file.
+    pub segment_bytes: u64,
+    /// Milliseconds between syncs of the log to disk (writes reach the
+    /// page cache at once, so a crash of the relay alone loses nothing).
+    pub fsync_interval_ms: u64,
 }
 
 impl Default for HistoryLimits {
@@ -58,6 +72,23 @@ impl Default for HistoryLimits {
             lines_per_source: 1000,
             bytes_per_source: 512 * 1024,
             max_line_bytes: 64 * 1024,
+            dir: std::path::PathBuf::from("/var/lib/o1-relay/history"),
+            disk_bytes: 1024 * 1024 * 1024,
+            disk_max_age_secs: 7 * 24 * 3600,
+            segment_bytes: 16 * 1024 * 1024,
+            fsync_interval_ms: 1000,
+        }
+    }
+}
+
+impl HistoryLimits {
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            dir: self.dir.clone(),
+            segment_bytes: self.segment_bytes,
+            max_bytes: self.disk_bytes,
+            max_age: std::time::Duration::from_secs(self.disk_max_age_secs),
+            fsync_interval: std::time::Duration::from_millis(self.fsync_interval_ms),
         }
     }
 }
@@ -106,9 +137,17 @@ const GATE_LINES: usize = 4096;
 
 /// Holds a new subscription's live lines until its replay is queued.
 #[derive(Debug, Default)]
-struct ReplayGate {
+pub struct ReplayGate {
     /// `None` once open.
     held: Mutex<Option<Held>>,
+}
+
+impl ReplayGate {
+    pub fn closed() -> Arc<ReplayGate> {
+        Arc::new(ReplayGate {
+            held: Mutex::new(Some((Vec::new(), 0))),
+        })
+    }
 }
 
 /// Lines a gate holds back, with their history sequence, and how many it
@@ -276,6 +315,8 @@ struct Source {
     lines: VecDeque<Arc<HistoryLine>>,
     line_bytes: usize,
     latest_metric: Option<MetricsMessage>,
+    /// One sample per `HISTORY_STEP_SECS`, the last `MAX_HISTORY_SECS`.
+    metric_history: VecDeque<MetricsMessage>,
 }
 
 #[derive(Debug, Default)]
@@ -296,6 +337,7 @@ impl History {
                     lines: VecDeque::new(),
                     line_bytes: 0,
                     latest_metric: None,
+                    metric_history: VecDeque::new(),
                 },
             );
         }
@@ -360,6 +402,22 @@ pub struct Hub {
     limits: HistoryLimits,
     next_subscription: AtomicU64,
     pub stats: Arc<Stats>,
+    /// The history log on disk (`None`: memory only, for unit tests).
+    store: Option<Store>,
+    /// The publish order, and the next offset: held while a change is
+    /// appended and routed, so offsets, the log and every subscriber see
+    /// changes in one order.
+    order: Mutex<u64>,
+    epoch: u64,
+    /// Agents' high-water marks found in the log, for the uplink to take.
+    high_water: Mutex<HashMap<String, u64>>,
+}
+
+/// Why a change could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot append to the history log: {0}")]
+    Store(#[from] StoreError),
 }
 
 fn serialize(message: &ServerMessage) -> Bytes {
@@ -376,7 +434,72 @@ impl Hub {
             limits,
             next_subscription: AtomicU64::new(1),
             stats,
+            store: None,
+            order: Mutex::new(0),
+            epoch: (rand::random::<u64>() & ((1 << 53) - 1)).max(1),
+            high_water: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A hub over the history log in `store`: rebuilds history, latest
+    /// metrics, deployments and the agents' high-water marks from it.
+    pub fn open(
+        stats: Arc<Stats>,
+        limits: HistoryLimits,
+        registry: RegistryLimits,
+        store: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        let mut hub = Hub::new(stats, limits, registry);
+        let nobody = Index::default();
+        let mut marks: HashMap<String, u64> = HashMap::new();
+        let mut records = 0u64;
+        let started = Instant::now();
+        let store = Store::open(store, |record| {
+            if let Entry::Batch {
+                agent_id, sequence, ..
+            } = &record.entry
+                && !agent_id.is_empty()
+            {
+                let mark = marks.entry(agent_id.clone()).or_default();
+                *mark = (*mark).max(*sequence);
+            }
+            hub.apply(
+                &nobody,
+                record.offset,
+                record.at_ms,
+                record.entry.as_ref(),
+                &Scope::all(),
+                Instant::now(),
+            );
+            records += 1;
+        })?;
+        hub.epoch = store.epoch();
+        *hub.order.get_mut() = store.next_offset();
+        tracing::info!(
+            records,
+            next_offset = store.next_offset(),
+            oldest_offset = store.oldest_offset(),
+            epoch = store.epoch(),
+            millis = started.elapsed().as_millis() as u64,
+            "history log recovered"
+        );
+        hub.store = Some(store);
+        *hub.high_water.get_mut() = marks;
+        Ok(hub)
+    }
+
+    /// The history's epoch (`subscribed.epoch`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// The agents' high-water marks recovered from the log (taken once).
+    pub fn take_high_water(&self) -> HashMap<String, u64> {
+        std::mem::take(&mut *self.high_water.lock())
     }
 
     fn read_index(&self) -> RwLockReadGuard<'_, Index> {
@@ -416,9 +539,7 @@ impl Hub {
         allowance: usize,
     ) -> SubscriptionHandle {
         let id = self.new_subscription_id();
-        let mut filter = LogFilter::from_request(request);
-        filter.host = self.intern(filter.host);
-        filter.application = self.intern(filter.application);
+        let filter = self.log_filter(request);
         // At most what one source keeps: a larger tail could never return
         // more lines of it.
         let wanted = (request.tail.unwrap_or(0) as usize).min(self.limits.lines_per_source);
@@ -428,27 +549,16 @@ impl Hub {
         if wanted > tail {
             outbound.count_dropped(id, (wanted - tail) as u64);
         }
-        let gate = (tail > 0).then(|| {
-            Arc::new(ReplayGate {
-                held: Mutex::new(Some((Vec::new(), 0))),
-            })
-        });
+        let gate = (tail > 0).then(ReplayGate::closed);
         // Registered first, with a closed gate: O(1) under the index lock.
-        {
-            let mut index = self.write_index();
-            outbound.push_reply(ack(id));
-            index.logs.insert(
-                filter.host.clone().as_ref(),
-                filter.application.clone().as_ref(),
-                LogSubscription {
-                    id,
-                    filter: filter.clone(),
-                    scope: scope.clone(),
-                    outbound: outbound.clone(),
-                    gate: gate.clone(),
-                },
-            );
-        }
+        let handle = self.register_logs(
+            id,
+            &filter,
+            scope.clone(),
+            outbound,
+            gate.clone(),
+            Some(ack(id)),
+        );
         // The seam: lines before `cut` come from history, lines from `cut`
         // on through the gate (every one of those was routed to the
         // subscription, registered before `cut` was read).
@@ -477,21 +587,151 @@ impl Hub {
                     ingested_at: None,
                 });
             }
-            // Queued under the gate's lock: a live line routed meanwhile
-            // waits, so it can never overtake the ones held back.
-            let mut held = gate.held.lock();
-            if let Some((lines, dropped)) = held.take() {
-                // Lines before the cut were replayed from history already.
-                for (_, line) in lines.into_iter().filter(|(sequence, _)| *sequence >= cut) {
-                    outbound.push_log(line);
-                }
-                outbound.count_dropped(id, dropped);
-            }
+            Self::open_gate(&gate, cut, outbound, id);
         }
+        handle
+    }
+
+    /// The filter of a log subscription, its names shared.
+    pub(crate) fn log_filter(&self, request: &SubscribeLogs) -> LogFilter {
+        let mut filter = LogFilter::from_request(request);
+        filter.host = self.intern(filter.host);
+        filter.application = self.intern(filter.application);
+        filter
+    }
+
+    /// Registers log subscription `id` (O(1) under the index lock); `ack`
+    /// is queued under that lock, before any live line. With a `gate`,
+    /// live lines wait in it until [`Hub::open_gate`].
+    pub(crate) fn register_logs(
+        &self,
+        id: u64,
+        filter: &LogFilter,
+        scope: Visible,
+        outbound: &Arc<Outbound>,
+        gate: Option<Arc<ReplayGate>>,
+        ack: Option<Outgoing>,
+    ) -> SubscriptionHandle {
+        let mut index = self.write_index();
+        if let Some(ack) = ack {
+            outbound.push_reply(ack);
+        }
+        index.logs.insert(
+            filter.host.clone().as_ref(),
+            filter.application.clone().as_ref(),
+            LogSubscription {
+                id,
+                filter: filter.clone(),
+                scope,
+                outbound: outbound.clone(),
+                gate,
+            },
+        );
         SubscriptionHandle {
             id,
             kind: HandleKind::Logs(filter.host.clone(), filter.application.clone()),
         }
+    }
+
+    /// Queues what `gate` held back from `cut` on (older lines were
+    /// replayed already) and opens it. Under the gate's lock: a live line
+    /// routed meanwhile waits, so it can never overtake the held ones.
+    pub(crate) fn open_gate(gate: &ReplayGate, cut: u64, outbound: &Outbound, id: u64) {
+        let mut held = gate.held.lock();
+        if let Some((lines, dropped)) = held.take() {
+            for (_, line) in lines.into_iter().filter(|(sequence, _)| *sequence >= cut) {
+                outbound.push_log(line);
+            }
+            outbound.count_dropped(id, dropped);
+        }
+    }
+
+    /// `register_logs` with a closed gate, returning the store's next
+    /// offset read under the index lock: lines below it are on disk, lines
+    /// from it on reach the gate.
+    pub(crate) fn register_logs_at_cut(
+        &self,
+        id: u64,
+        filter: &LogFilter,
+        scope: Visible,
+        outbound: &Arc<Outbound>,
+        gate: Arc<ReplayGate>,
+    ) -> (SubscriptionHandle, u64) {
+        let mut index = self.write_index();
+        let cut = self.store.as_ref().map_or(0, Store::next_offset);
+        index.logs.insert(
+            filter.host.clone().as_ref(),
+            filter.application.clone().as_ref(),
+            LogSubscription {
+                id,
+                filter: filter.clone(),
+                scope,
+                outbound: outbound.clone(),
+                gate: Some(gate),
+            },
+        );
+        (
+            SubscriptionHandle {
+                id,
+                kind: HandleKind::Logs(filter.host.clone(), filter.application.clone()),
+            },
+            cut,
+        )
+    }
+
+    /// The `log` messages of `records` from offset `from` on that `filter`
+    /// and `scope` let through, serialized as live routing does.
+    pub(crate) fn replay_lines(
+        &self,
+        records: &[crate::store::Record],
+        from: u64,
+        filter: &LogFilter,
+        scope: &Visible,
+    ) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for record in records {
+            let Entry::Batch { host, items, .. } = &record.entry else {
+                continue;
+            };
+            if !visible(scope, host) || filter.host.as_deref().is_some_and(|h| h != host) {
+                continue;
+            }
+            for (i, item) in items.iter().enumerate() {
+                let offset = record.offset + i as u64;
+                let Item::Log(line) = item else { continue };
+                if offset < from
+                    || !filter.source_matches(host, &line.application)
+                    || !filter.content_matches(line.level, &line.message)
+                {
+                    continue;
+                }
+                out.push(self.log_body(host, line, offset));
+            }
+        }
+        out
+    }
+
+    /// The `log` message of a line (cut to `max_line_bytes`), serialized.
+    fn log_body(&self, host: &str, record: &LogRecord, offset: u64) -> Bytes {
+        let message = if record.message.len() > self.limits.max_line_bytes {
+            o1_common::text::cut(record.message.clone(), self.limits.max_line_bytes)
+        } else {
+            record.message.clone()
+        };
+        serialize(&ServerMessage::Log(LogMessage {
+            subscription_id: None,
+            deployment_id: record.deployment_id.clone(),
+            host: host.to_owned(),
+            application: record.application.clone(),
+            level: record.level,
+            message,
+            timestamp: Timestamp::from_unix_millis(record.timestamp_ms),
+            offset: Some(offset),
+        }))
+    }
+
+    pub(crate) fn next_subscription_id(&self) -> u64 {
+        self.new_subscription_id()
     }
 
     /// The newest `n` lines before `cut` that pass `keep`, newest first,
@@ -572,12 +812,33 @@ impl Hub {
         filter.application = self.intern(filter.application);
         let mut index = self.write_index();
         outbound.push_reply(ack(id));
+        // Past samples first (a chart opens full), oldest first, each
+        // series on its own; droppable like log lines.
+        let since_ms = request.history.map(|seconds| {
+            Timestamp::now().unix_millis
+                - i64::from(seconds.min(o1_common::api::MAX_HISTORY_SECS)) * 1000
+        });
         {
             let history = self.lock_history();
             for source in history
                 .matching_sources(filter.host.as_deref(), filter.application.as_deref())
                 .filter(|source| visible(&scope, &source.host))
             {
+                if let Some(since_ms) = since_ms {
+                    let latest_at = source.latest_metric.as_ref().map(|m| m.timestamp);
+                    for sample in source.metric_history.iter().filter(|m| {
+                        m.timestamp.unix_millis >= since_ms && Some(m.timestamp) != latest_at
+                    }) {
+                        outbound.push_log(Outgoing {
+                            subscription: id,
+                            body: serialize(&ServerMessage::Metrics(select_metrics(
+                                sample,
+                                filter.selection,
+                            ))),
+                            ingested_at: None,
+                        });
+                    }
+                }
                 if let Some(latest) = &source.latest_metric {
                     let body = serialize(&ServerMessage::Metrics(select_metrics(
                         latest,
@@ -620,6 +881,7 @@ impl Hub {
     pub fn subscribe_deployment(
         &self,
         deployment_id: &str,
+        since: Option<o1_common::api::Since>,
         scope: Visible,
         outbound: &Arc<Outbound>,
         ack: impl FnOnce(u64) -> Outgoing,
@@ -639,18 +901,40 @@ impl Hub {
             body: serialize(&message),
             ingested_at: None,
         };
-        outbound.push_reply(reply(deployment_message(deployment)));
+        // Resuming: only what changed after `since` (of this epoch); a
+        // `gap` first when lines after it are no longer kept.
+        let after = since.filter(|s| s.epoch == self.epoch).map(|s| s.offset);
+        let gap = match (since, after) {
+            (Some(_), None) => true,
+            (_, Some(after)) => deployment.evicted_through.is_some_and(|e| e > after),
+            (None, None) => false,
+        };
+        if gap {
+            outbound.push_reply(reply(ServerMessage::Gap(o1_common::api::Gap {
+                subscription_id: subscription_name(id),
+                missed: None,
+                timestamp: Timestamp::now(),
+            })));
+        }
+        let changed = after.is_none_or(|after| deployment.offset > after);
+        if changed {
+            outbound.push_reply(reply(deployment_message(deployment)));
+        }
         // Each line was serialized once, when it arrived; every replay
         // shares those bytes, and lines over the budget are dropped and
         // counted like live ones.
-        for log in deployment.logs.iter().filter(|l| visible(&scope, &l.host)) {
+        for log in deployment
+            .logs
+            .iter()
+            .filter(|l| visible(&scope, &l.host) && after.is_none_or(|after| l.offset > after))
+        {
             outbound.push_log(Outgoing {
                 subscription: id,
                 body: log.body.clone(),
                 ingested_at: None,
             });
         }
-        if deployment.status.is_final() {
+        if deployment.status.is_final() && changed {
             outbound.push_reply(reply(status_message(deployment)));
         }
         drop(registry);
@@ -702,42 +986,169 @@ impl Hub {
     /// Routes the items of one batch from `host`. Returns how many items
     /// could not be processed (invalid deployment events).
     pub fn publish(&self, host: &str, items: &[Item], ingested_at: Instant, now: Timestamp) -> u64 {
-        self.publish_as(host, items, &Scope::all(), ingested_at, now)
+        self.publish_batch(host, "", 0, items, &Scope::all(), ingested_at, now)
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "history log append failed");
+                items.len() as u64
+            })
     }
 
-    /// [`Hub::publish`] for a writer whose credential covers `writer`: it
-    /// may change only deployments whose hosts it covers (its lines still
-    /// reach the host's log stream, without joining the deployment).
-    pub fn publish_as(
+    /// Appends one batch of agent `agent_id` to the history log, then
+    /// routes it, under the publish order. `writer` is what the sender's
+    /// credential covers: it may change only deployments whose hosts it
+    /// covers (its lines still reach the host's log stream, without
+    /// joining the deployment). Returns how many items could not be
+    /// processed; `Err` when the log could not take the batch (nothing was
+    /// routed: the agent must not be acked).
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_batch(
         &self,
         host: &str,
+        agent_id: &str,
+        sequence: u64,
         items: &[Item],
         writer: &Scope,
         ingested_at: Instant,
         now: Timestamp,
-    ) -> u64 {
-        let index = self.read_index();
-        let mut errors = 0;
-        for item in items {
-            let routed = match item {
-                Item::Log(record) => self.route_log(&index, host, record, writer, ingested_at),
-                Item::Metric(sample) => {
-                    self.route_metric(&index, host, sample, ingested_at);
-                    Ok(())
-                }
-                Item::Deployment(event) => {
-                    self.route_deployment_event(&index, host, event, writer, now)
-                }
-            };
-            if let Err(error) = routed {
-                errors += 1;
-                tracing::debug!(%host, %error, "deployment event refused");
-            }
+    ) -> Result<u64, PublishError> {
+        let entry = EntryRef::Batch {
+            host,
+            agent_id,
+            sequence,
+            items,
+        };
+        let mut order = self.order.lock();
+        let offset = *order;
+        if let Some(store) = &self.store {
+            store.append(now.unix_millis, entry)?;
         }
+        *order += entry.offsets();
+        let index = self.read_index();
+        let errors = self.apply(&index, offset, now.unix_millis, entry, writer, ingested_at);
         drop(index);
+        drop(order);
         self.stats.items_ingested.inc_by(items.len() as u64);
         self.stats.processing_errors.inc_by(errors);
-        errors
+        Ok(errors)
+    }
+
+    /// Applies one change at `offset`: routes a batch's items, creates or
+    /// updates a deployment. Live and when the log is read at start.
+    fn apply(
+        &self,
+        index: &Index,
+        offset: u64,
+        at_ms: i64,
+        entry: EntryRef<'_>,
+        writer: &Scope,
+        ingested_at: Instant,
+    ) -> u64 {
+        let now = Timestamp::from_unix_millis(at_ms);
+        match entry {
+            EntryRef::Batch { host, items, .. } => {
+                let mut errors = 0;
+                for (i, item) in items.iter().enumerate() {
+                    let offset = offset + i as u64;
+                    let routed = match item {
+                        Item::Log(record) => {
+                            self.route_log(index, host, record, writer, offset, ingested_at)
+                        }
+                        Item::Metric(sample) => {
+                            self.route_metric(index, host, sample, ingested_at);
+                            Ok(())
+                        }
+                        Item::Deployment(event) => {
+                            self.route_deployment_event(index, host, event, writer, offset, now)
+                        }
+                    };
+                    if let Err(error) = routed {
+                        errors += 1;
+                        tracing::debug!(%host, %error, "deployment event refused");
+                    }
+                }
+                errors
+            }
+            EntryRef::Created {
+                deployment_id,
+                application,
+                hosts,
+                message,
+            } => {
+                let mut registry = self.lock_deployments();
+                match registry.create(
+                    Some(deployment_id.to_owned()),
+                    application.to_owned(),
+                    hosts.to_vec(),
+                    message.map(str::to_owned),
+                    now,
+                ) {
+                    Ok(_) => {
+                        registry.stamp(deployment_id, offset);
+                        0
+                    }
+                    Err(_) => 1,
+                }
+            }
+            EntryRef::Updated {
+                deployment_id,
+                status,
+                progress,
+                message,
+            } => {
+                let update = Update {
+                    status,
+                    progress,
+                    message: message.map(str::to_owned),
+                };
+                let changed = {
+                    let mut registry = self.lock_deployments();
+                    let changed = registry.update(deployment_id, update, None, now);
+                    if changed.is_ok() {
+                        registry.stamp(deployment_id, offset);
+                    }
+                    changed
+                };
+                match changed {
+                    Ok(mut changed) => {
+                        changed.deployment.offset = offset;
+                        self.announce(index, &changed);
+                        0
+                    }
+                    Err(_) => 1,
+                }
+            }
+        }
+    }
+
+    /// Creates a deployment (REST) and records it in the history log.
+    pub fn create_deployment(
+        &self,
+        id: Option<String>,
+        application: String,
+        hosts: Vec<String>,
+        message: Option<String>,
+        now: Timestamp,
+    ) -> Result<Deployment, DeploymentError> {
+        let mut order = self.order.lock();
+        let offset = *order;
+        let mut registry = self.lock_deployments();
+        let mut deployment = registry.create(id, application, hosts, message.clone(), now)?;
+        if let Some(store) = &self.store {
+            let entry = EntryRef::Created {
+                deployment_id: &deployment.deployment_id,
+                application: &deployment.application,
+                hosts: &deployment.hosts,
+                message: message.as_deref(),
+            };
+            if let Err(error) = store.append(now.unix_millis, entry) {
+                registry.remove(&deployment.deployment_id);
+                return Err(DeploymentError::Storage(error.to_string()));
+            }
+        }
+        *order += 1;
+        registry.stamp(&deployment.deployment_id, offset);
+        deployment.offset = offset;
+        Ok(deployment)
     }
 
     fn route_log(
@@ -746,6 +1157,7 @@ impl Hub {
         host: &str,
         record: &LogRecord,
         writer: &Scope,
+        offset: u64,
         ingested_at: Instant,
     ) -> Result<(), DeploymentError> {
         // An agent or a REST publisher may send any length: cut here.
@@ -768,6 +1180,7 @@ impl Hub {
             level: record.level,
             message: record.message.clone(),
             timestamp,
+            offset: Some(offset),
         };
         let body = serialize(&ServerMessage::Log(message));
         let mut refused = Ok(());
@@ -777,6 +1190,7 @@ impl Hub {
                 level: record.level,
                 message: record.message.clone(),
                 timestamp,
+                offset,
                 body: body.clone(),
             };
             let added = {
@@ -807,8 +1221,8 @@ impl Hub {
         }
         let sequence = {
             let mut history = self.lock_history();
-            let sequence = history.next_sequence;
-            history.next_sequence += 1;
+            let sequence = offset;
+            history.next_sequence = offset + 1;
             let source = history.source(host, &record.application);
             source.line_bytes += body.len();
             source.lines.push_back(Arc::new(HistoryLine {
@@ -861,6 +1275,18 @@ impl Hub {
             let mut history = self.lock_history();
             let source = history.source(host, &sample.application);
             source.latest_metric = Some(full.clone());
+            let step = o1_common::api::HISTORY_STEP_SECS * 1000;
+            let due = source
+                .metric_history
+                .back()
+                .is_none_or(|last| full.timestamp.unix_millis >= last.timestamp.unix_millis + step);
+            if due {
+                source.metric_history.push_back(full.clone());
+                let keep = (o1_common::api::MAX_HISTORY_SECS as i64 * 1000 / step) as usize;
+                while source.metric_history.len() > keep {
+                    source.metric_history.pop_front();
+                }
+            }
             (source.host.clone(), source.application.clone())
         };
         let mut by_selection: [Option<Bytes>; MetricSelection::COUNT] = Default::default();
@@ -897,6 +1323,7 @@ impl Hub {
         host: &str,
         event: &DeploymentEvent,
         writer: &Scope,
+        offset: u64,
         now: Timestamp,
     ) -> Result<(), DeploymentError> {
         let update = Update {
@@ -911,40 +1338,77 @@ impl Hub {
             {
                 return Err(DeploymentError::Forbidden(event.deployment_id.clone()));
             }
-            registry.update(
+            let mut changed = registry.update(
                 &event.deployment_id,
                 update,
                 Some((&event.application, host)),
                 now,
-            )?
+            )?;
+            registry.stamp(&event.deployment_id, offset);
+            changed.deployment.offset = offset;
+            changed
         };
         self.announce(index, &changed);
         Ok(())
     }
 
-    /// Applies a deployment update from REST and tells its subscribers.
+    /// Applies a deployment update from REST, records it in the history
+    /// log, and tells its subscribers.
     pub fn update_deployment(
         &self,
         id: &str,
         update: Update,
         now: Timestamp,
     ) -> Result<Deployment, DeploymentError> {
+        let mut order = self.order.lock();
+        let offset = *order;
         let index = self.read_index();
-        let changed = self.lock_deployments().update(id, update, None, now)?;
+        let mut changed = {
+            let mut registry = self.lock_deployments();
+            let changed = registry.update(id, update.clone(), None, now)?;
+            registry.stamp(id, offset);
+            changed
+        };
+        if let Some(store) = &self.store {
+            let entry = EntryRef::Updated {
+                deployment_id: id,
+                status: update.status,
+                progress: update.progress,
+                message: update.message.as_deref(),
+            };
+            // Applied in memory already: a log that cannot take it is a
+            // failing disk; say so, the change stands until a restart.
+            if let Err(error) = store.append(now.unix_millis, entry) {
+                tracing::error!(%error, deployment = %id, "history log append failed");
+                return Err(DeploymentError::Storage(error.to_string()));
+            }
+        }
+        *order += 1;
+        changed.deployment.offset = offset;
         self.announce(&index, &changed);
         Ok(changed.deployment)
     }
 
     /// Ends deployments that stopped reporting (see
-    /// [`Registry::expire`]) and tells their subscribers.
+    /// [`Registry::stale`]) and tells their subscribers.
     pub fn expire_deployments(&self, now: Timestamp) -> usize {
-        let index = self.read_index();
-        let expired = self.lock_deployments().expire(now);
-        for changed in &expired {
-            tracing::info!(deployment = %changed.deployment.deployment_id, "deployment timed out");
-            self.announce(&index, changed);
+        let (stale, message) = {
+            let registry = self.lock_deployments();
+            (registry.stale(now), registry.timeout_message())
+        };
+        let mut expired = 0;
+        for id in stale {
+            let update = Update {
+                status: Some(DeploymentStatus::Failed),
+                progress: None,
+                message: Some(message.clone()),
+            };
+            if self.update_deployment(&id, update, now).is_ok() {
+                tracing::info!(deployment = %id, "deployment timed out");
+                expired += 1;
+            }
         }
-        expired.len()
+        expired
     }
 
     /// Publishes log lines of a deployment given over REST.
@@ -1012,6 +1476,7 @@ fn deployment_message(deployment: &Deployment) -> ServerMessage {
         message: deployment.message.clone(),
         timestamp: deployment.updated_at,
         progress: deployment.progress,
+        offset: Some(deployment.offset),
     })
 }
 
@@ -1028,6 +1493,7 @@ fn status_message(deployment: &Deployment) -> ServerMessage {
         status: deployment.status,
         message,
         timestamp: deployment.ended_at.unwrap_or(deployment.updated_at),
+        offset: Some(deployment.offset),
     })
 }
 

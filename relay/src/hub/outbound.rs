@@ -361,6 +361,13 @@ impl Outbound {
         state.full_since.is_some_and(too_long) || busy_since.is_some_and(too_long)
     }
 
+    /// Whether the queue is at most half full (in count and bytes): a
+    /// replay waits for this before it queues more.
+    pub fn has_room(&self) -> bool {
+        let state = self.lock();
+        state.queue.len() <= self.limits.max_queued / 2 && state.bytes <= self.limits.max_bytes / 2
+    }
+
     /// The writer finished writing what it took (no lock, no clock: this
     /// runs once per batch written).
     pub fn written(&self) {

@@ -223,6 +223,22 @@ pub struct UplinkState {
     handshaking: std::sync::atomic::AtomicUsize,
 }
 
+impl UplinkState {
+    /// With the high-water marks recovered from the history log: batches
+    /// recorded before a crash are recognised when the agent resends them.
+    fn recovered(marks: HashMap<String, u64>) -> Self {
+        let state = UplinkState::default();
+        {
+            let mut high_water = state.high_water.lock();
+            let now = Instant::now();
+            for (agent_id, sequence) in marks {
+                high_water.admit(&agent_id, sequence, now);
+            }
+        }
+        state
+    }
+}
+
 impl Default for UplinkState {
     fn default() -> Self {
         UplinkState {
@@ -251,6 +267,8 @@ enum End {
     Protocol(#[from] ProtocolError),
     #[error("relay shutting down")]
     Shutdown,
+    #[error("the relay cannot record batches: {0}")]
+    Storage(String),
 }
 
 impl From<wire::FrameError> for End {
@@ -261,7 +279,7 @@ impl From<wire::FrameError> for End {
 
 /// Accepts agents until `shutdown`, then closes the endpoint.
 pub async fn serve(endpoint: quinn::Endpoint, state: AppState, shutdown: CancellationToken) {
-    let uplink = Arc::new(UplinkState::default());
+    let uplink = Arc::new(UplinkState::recovered(state.hub.take_high_water()));
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -401,7 +419,7 @@ fn ended(
     let reason = end.to_string();
     match end {
         End::Lost(_) => tracing::debug!(%remote, %reason, "agent connection lost"),
-        End::Shutdown => connection.close(
+        End::Shutdown | End::Storage(_) => connection.close(
             VarInt::from_u32(close_code::SHUTTING_DOWN),
             reason.as_bytes(),
         ),
@@ -520,7 +538,16 @@ async fn ingest(
         while let Some(input) = session.next_input(&mut admit)? {
             match input {
                 Input::Batch { batch, new: true } => {
-                    route(state, uplink, hello, credential, &batch)
+                    if let Err(error) = route(state, uplink, hello, credential, &batch) {
+                        // Not routed, not acked: forget it was seen, so the
+                        // agent's resend is taken as new.
+                        uplink
+                            .high_water
+                            .lock()
+                            .rollback(&hello.agent_id, batch.sequence);
+                        tracing::error!(%error, host = ?hello.host, "batch not recorded; closing the agent's connection (it will resend)");
+                        return Err(End::Storage(error.to_string()));
+                    }
                 }
                 Input::Batch { new: false, .. } => {
                     state.stats.duplicate_batches.inc();
@@ -558,7 +585,7 @@ fn route(
     hello: &Hello,
     credential: &Credential,
     batch: &wire::Batch,
-) {
+) -> Result<(), crate::hub::PublishError> {
     let owned;
     let batch = if credential.role == Role::Publisher && !batch.items.iter().all(publishes) {
         let items: Vec<wire::Item> = batch
@@ -598,13 +625,15 @@ fn route(
         MAX_APPLICATIONS_PER_HOST,
     );
     let refused_items = if refused.is_empty() {
-        state.hub.publish_as(
+        state.hub.publish_batch(
             &hello.host,
+            &hello.agent_id,
+            batch.sequence,
             &batch.items,
             &credential.scope,
             ingested_at,
             now,
-        );
+        )?;
         0
     } else {
         let admitted: Vec<wire::Item> = batch
@@ -617,9 +646,15 @@ fn route(
             })
             .cloned()
             .collect();
-        state
-            .hub
-            .publish_as(&hello.host, &admitted, &credential.scope, ingested_at, now);
+        state.hub.publish_batch(
+            &hello.host,
+            &hello.agent_id,
+            batch.sequence,
+            &admitted,
+            &credential.scope,
+            ingested_at,
+            now,
+        )?;
         batch.items.len() - admitted.len()
     };
     if refused_items > 0 {
@@ -631,4 +666,5 @@ fn route(
         state.stats.agent_dropped_items.inc_by(batch.dropped_items);
         tracing::warn!(host = ?hello.host, dropped = batch.dropped_items, "agent reports items dropped from a full spool");
     }
+    Ok(())
 }

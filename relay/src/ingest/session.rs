@@ -138,6 +138,14 @@ impl HighWater {
         }
     }
 
+    /// Forgets that `sequence` of `agent_id` was seen (it could not be
+    /// recorded): its resend is admitted.
+    pub fn rollback(&mut self, agent_id: &str, sequence: u64) {
+        if let Some(mark) = self.marks.get_mut(agent_id) {
+            mark.0 = mark.0.min(sequence.saturating_sub(1));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.marks.len()
     }

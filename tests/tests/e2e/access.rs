@@ -703,7 +703,10 @@ async fn the_old_token_sha256_keeps_working_as_admin_with_a_deprecation_warning(
     .unwrap();
     let log = eventually(WAIT, || {
         let log = relay.log();
-        async move { log.contains("auth.token_sha256 is deprecated").then_some(log) }
+        async move {
+            log.contains("auth.token_sha256 is deprecated")
+                .then_some(log)
+        }
     })
     .await
     .unwrap();

@@ -10,6 +10,7 @@ mod first_run;
 mod hardening;
 mod journal;
 mod metrics;
+mod resume;
 mod seed_js;
 mod tailing;
 mod uplink;
