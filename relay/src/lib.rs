@@ -69,12 +69,16 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> Result<Self, store::StoreError> {
         let stats = Arc::new(Stats::new());
-        let hub = Arc::new(Hub::open(
-            stats.clone(),
-            config.history.clone(),
-            config.deployments,
-            config.history.store_config(),
-        )?);
+        let hub = Arc::new(if config.history.persist {
+            Hub::open(
+                stats.clone(),
+                config.history.clone(),
+                config.deployments,
+                config.history.store_config(),
+            )?
+        } else {
+            Hub::new(stats.clone(), config.history.clone(), config.deployments)
+        });
         Ok(AppState {
             gate: Arc::new(ConnectionGate::new(
                 config.websocket.max_connections,

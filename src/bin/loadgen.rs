@@ -156,6 +156,14 @@ enum Mode {
         #[arg(long)]
         search: Option<String>,
     },
+    /// Replay speed from the history log: subscribes with `since` the
+    /// oldest offset and counts lines until `lines` arrived.
+    Resume {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        lines: u64,
+    },
     Ingest {
         #[arg(long)]
         uplink: String,
@@ -330,7 +338,50 @@ async fn main() -> Result<()> {
             lines,
             batch,
         } => ingest(&uplink, &ca, &token, agents, lines, batch, &cli.pids).await,
+        Mode::Resume { url, lines } => resume(&url, lines, &cli.pids).await,
     }
+}
+
+async fn resume(url: &str, lines: u64, pids: &[u32]) -> Result<()> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await?;
+    // The epoch comes with any `subscribed`.
+    ws.send(Message::text(r#"{"type":"subscribe-logs","host":"none"}"#))
+        .await?;
+    let mut epoch = 0u64;
+    while let Some(message) = ws.next().await {
+        if let Message::Text(text) = message? {
+            let value: serde_json::Value = serde_json::from_str(text.as_str())?;
+            if value["type"] == "subscribed" {
+                epoch = value["epoch"].as_u64().unwrap_or(0);
+                break;
+            }
+        }
+    }
+    let cpu_before = cpu_seconds(pids);
+    let started = Instant::now();
+    ws.send(Message::text(format!(
+        r#"{{"type":"subscribe-logs","since":{{"offset":0,"epoch":{epoch}}}}}"#
+    )))
+    .await?;
+    let mut received = 0u64;
+    while received < lines {
+        let Some(message) = ws.next().await else {
+            break;
+        };
+        if let Message::Text(text) = message?
+            && text.as_str().contains(r#""type":"log""#)
+        {
+            received += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pids) - cpu_before;
+    println!(
+        "resume lines={received} elapsed={elapsed:.2}s rate={:.0}/s server_cpu={cpu:.2}s",
+        received as f64 / elapsed
+    );
+    Ok(())
 }
 
 async fn half_open(

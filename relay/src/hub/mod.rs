@@ -53,7 +53,10 @@ pub struct HistoryLimits {
     pub bytes_per_source: usize,
     /// Longest log line kept and sent; longer ones are cut.
     pub max_line_bytes: usize,
-    /// Directory of the history log (resume with `since`, restarts).
+    /// Keep the history log on disk (resume with `since`, restarts). Off:
+    /// memory only, as before; `since` then always answers `gap`.
+    pub persist: bool,
+    /// Directory of the history log.
     pub dir: std::path::PathBuf,
     /// Bytes the log may hold; the oldest segments go first.
     pub disk_bytes: u64,
@@ -72,6 +75,7 @@ impl Default for HistoryLimits {
             lines_per_source: 1000,
             bytes_per_source: 512 * 1024,
             max_line_bytes: 64 * 1024,
+            persist: true,
             dir: std::path::PathBuf::from("/var/lib/o1-relay/history"),
             disk_bytes: 1024 * 1024 * 1024,
             disk_max_age_secs: 7 * 24 * 3600,
