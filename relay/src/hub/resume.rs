@@ -25,8 +25,9 @@ use crate::store::LogReader;
 
 /// How far behind the end a replay may be when it switches to live.
 pub const CATCH_UP: u64 = 1024;
-/// Records read from disk per step.
-const CHUNK_RECORDS: usize = 128;
+/// Records read from disk per step (an agent's batch holds up to
+/// thousands of lines).
+const CHUNK_RECORDS: usize = 16;
 
 fn gap(outbound: &Outbound, id: u64) {
     let message = ServerMessage::Gap(Gap {
@@ -91,6 +92,11 @@ async fn replay(
         };
         reader = back;
         for body in lines {
+            // Never more than the queue takes: a long replay waits for
+            // the client instead of dropping lines.
+            if !outbound.has_room() {
+                room(outbound).await;
+            }
             outbound.push_log(Outgoing {
                 subscription: id,
                 body,

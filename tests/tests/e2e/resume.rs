@@ -381,3 +381,49 @@ async fn the_agent_is_back_within_seconds_of_the_relay() {
         back.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_resume_of_big_batches_waits_for_the_client_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path()).unwrap();
+    // A small queue: the replay (20,000 lines in batches of 1,000) is many
+    // times what it holds.
+    let relay = Relay::start(
+        &dir.path().join("relay"),
+        &pki,
+        "[websocket]\nqueue_messages = 512\nqueue_bytes = 262144\n",
+    )
+    .unwrap();
+    let mut ws = WsClient::connect(&relay.ws_url()).await.unwrap();
+    let epoch =
+        subscribe(&mut ws, json!({"type": "subscribe-logs", "host": "none"})).await["epoch"]
+            .as_u64()
+            .unwrap();
+    let mut agent = SimAgent::connect(&relay, &pki, "h").await.unwrap();
+    for b in 0..20u64 {
+        let items = (0..1000)
+            .map(|i| {
+                log_item(
+                    "app",
+                    Level::Info,
+                    &format!("line {:08} {}", b * 1000 + i, "x".repeat(100)),
+                )
+            })
+            .collect();
+        agent.send(items).await.unwrap();
+    }
+    let mut resumed = WsClient::connect(&relay.ws_url()).await.unwrap();
+    subscribe(
+        &mut resumed,
+        json!({"type": "subscribe-logs", "since": {"offset": 0, "epoch": epoch}}),
+    )
+    .await;
+    let mut numbers = Vec::new();
+    while numbers.last() != Some(&19_999) {
+        let message = resumed.recv_json(T).await.unwrap();
+        assert_ne!(message["type"], "dropped", "{message}");
+        numbers.extend(line_number(&message));
+    }
+    // Offset 0 itself was seen: everything after it.
+    assert_eq!(numbers, (1..20_000).collect::<Vec<_>>());
+}
