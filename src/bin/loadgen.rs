@@ -364,6 +364,8 @@ async fn resume(url: &str, lines: u64, pids: &[u32]) -> Result<()> {
         r#"{{"type":"subscribe-logs","since":{{"offset":0,"epoch":{epoch}}}}}"#
     )))
     .await?;
+    // `since` offset 0: everything after the first line.
+    let lines = lines.saturating_sub(1);
     let mut received = 0u64;
     while received < lines {
         let Some(message) = ws.next().await else {
