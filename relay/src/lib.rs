@@ -127,6 +127,12 @@ pub fn router(state: AppState) -> Router {
             post(api::rest::cancel_deployment),
         )
         .route("/api/openapi.json", get(api::openapi::document))
+        .route("/", get(api::dashboard::page))
+        .route("/logs", get(api::dashboard::page))
+        .route("/deployments", get(api::dashboard::page))
+        .route("/hosts/{host}", get(api::dashboard::page))
+        .route("/deployments/{id}", get(api::dashboard::page))
+        .route("/assets/{name}", get(api::dashboard::asset))
         .fallback(api::rest::not_found)
         .layer(checked)
         .with_state(state)

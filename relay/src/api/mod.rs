@@ -3,6 +3,7 @@
 //! in [`session`]) and the REST endpoints ([`rest`]).
 
 pub mod access;
+pub mod dashboard;
 pub mod http_server;
 pub mod openapi;
 pub mod origin;
