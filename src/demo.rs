@@ -98,6 +98,7 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
     println!("o1-relay listening http={http} uplink={uplink}");
     println!();
     println!("o1 demo: relay and agent for host `{host}` are running.");
+    println!("  dashboard       http://{http}/");
     println!("  WebSocket API   ws://{http}/api/websocket");
     println!("  statistics      http://{http}/api/websocket/stats");
     println!("  hosts           http://{http}/api/hosts");

@@ -258,7 +258,7 @@
   // ----------------------------------------------------------------- fleet
   function fleetPage() {
     const hosts = new Map(); // host -> { view, metrics, cpu: [], seen }
-    let sortKey = 'host', sortDir = 1, filter = '';
+    let sortKey = 'host', sortDir = 1, filter = '', renderQueued = false;
     const tbody = h('tbody');
     const columns = [
       ['host', 'Host'], ['status', 'Status'], ['cpu', 'CPU'], ['memory', 'Memory'],
@@ -266,7 +266,7 @@
     ];
     const headRow = h('tr', {}, columns.map(([key, label]) => h('th', {
       scope: 'col', tabindex: key === 'trend' ? null : 0, 'data-key': key,
-      class: key === 'trend' || key === 'network' ? 'hide-narrow' : null,
+      class: ['trend', 'network', 'disk'].includes(key) ? 'hide-narrow' : null,
       onclick: () => sortBy(key),
       onkeydown: (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); sortBy(key); } },
     }, label)));
@@ -310,8 +310,10 @@
         const m = e.metrics || {};
         const status = !e.view.connected
           ? h('span', { class: 'badge err' }, 'disconnected ' + ago(e.view.lastSeen))
-          : stale(e)
-            ? h('span', { class: 'badge warn' }, 'stale: no sample for ' + ago(e.seen || e.view.lastSeen).replace(' ago', ''))
+          : !e.seen
+            ? h('span', { class: 'badge warn' }, 'waiting for samples')
+            : stale(e)
+              ? h('span', { class: 'badge warn' }, 'stale: no sample for ' + ago(e.seen).replace(' ago', ''))
             : h('span', { class: 'badge ok', title: 'since ' + e.view.connectedSince }, 'connected ' + ago(e.view.connectedSince).replace(' ago', ''));
         const canvas = h('canvas', { class: 'spark', width: 120, height: 24, 'aria-hidden': 'true' });
         sparkline(canvas, e.cpu.map((p) => p[1]));
@@ -320,7 +322,7 @@
           h('td', {}, status),
           h('td', { class: 'num cpu' }, pct(m.cpu)),
           h('td', { class: 'num' }, pct(m.memory)),
-          h('td', { class: 'num' }, pct(m.disk)),
+          h('td', { class: 'num hide-narrow' }, pct(m.disk)),
           h('td', { class: 'num hide-narrow' }, m.network ? rate(m.network.rxBytesPerSecond) + ' / ' + rate(m.network.txBytesPerSecond) : '–'),
           h('td', { class: 'hide-narrow' }, canvas));
       }));
@@ -345,6 +347,11 @@
         if (!e.metrics || at >= new Date(e.metrics.timestamp).getTime()) {
           e.metrics = m;
           e.seen = Date.now();
+        }
+        // At most one render per animation frame, however many hosts report.
+        if (!renderQueued) {
+          renderQueued = true;
+          requestAnimationFrame(() => { renderQueued = false; render(); });
         }
       },
     });
@@ -573,6 +580,10 @@
             break;
           case 'status':
             final.replaceChildren(h('div', { class: 'final status-' + data.status, role: 'status' }, 'Final status: ' + data.status + ' — ' + data.message));
+            if (data.status === 'completed') {
+              bar.setAttribute('aria-valuenow', 100);
+              bar.firstElementChild.style.width = '100%';
+            }
             status.textContent = data.status;
             status.className = 'status-' + data.status;
             break;

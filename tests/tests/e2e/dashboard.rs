@@ -29,6 +29,14 @@ async fn the_dashboard_shows_the_fleet_logs_and_a_deployment_live_and_survives_a
     )
     .await
     .unwrap();
+    // A second relay that wants a reader token.
+    let reader = Token::create("reader", &[], "browser").unwrap();
+    let guarded = Relay::start(
+        &dir.path().join("guarded"),
+        &pki,
+        &format!("[auth]\nbrowsers = \"token\"\n\n{}", reader.toml),
+    )
+    .unwrap();
     let browser = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
     assert!(
         browser.join("node_modules/playwright-core").exists(),
@@ -46,6 +54,8 @@ async fn the_dashboard_shows_the_fleet_logs_and_a_deployment_live_and_survives_a
         .env("O1_AGENT_BIN", binary("o1-agent"))
         .env("O1_AGENT_CONFIG", &agent.config)
         .env("O1_SHOTS", &shots)
+        .env("O1_TOKEN_URL", format!("http://{}", guarded.http))
+        .env("O1_READER_TOKEN", &reader.token)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
