@@ -377,15 +377,28 @@
         h('h2', {}, app === 'system' ? 'host' : app, badge, figures), holder,
         h('a', { href: '/logs?host=' + encodeURIComponent(host) + (app === 'system' ? '' : '&application=' + encodeURIComponent(app)) }, 'logs'));
       grid.append(node);
-      const data = [[], [], []];
+      const data = [[], [], [], []];
+      const net = [[], [], []];
       const width = Math.max(260, Math.min(640, holder.clientWidth || 400));
+      const axis = { stroke: css('--muted') };
       const plot = window.uPlot ? new uPlot({
         width, height: 160,
         scales: { x: { time: true }, y: { range: [0, 100] } },
-        axes: [{ stroke: css('--muted') }, { stroke: css('--muted'), values: (u, v) => v.map((x) => x + '%') }],
-        series: [{}, { label: 'CPU %', stroke: css('--accent'), width: 1.5 }, { label: 'Memory %', stroke: css('--warn'), width: 1.5 }],
+        axes: [axis, { ...axis, values: (u, v) => v.map((x) => x + '%') }],
+        series: [{}, { label: 'CPU %', stroke: css('--accent'), width: 1.5 },
+          { label: 'Memory %', stroke: css('--warn'), width: 1.5 },
+          { label: 'Disk %', stroke: css('--muted'), width: 1, dash: [4, 3] }],
       }, data, holder) : null;
-      const entry = { node, badge, figures, plot, data };
+      const netHolder = h('div', { class: 'net' });
+      holder.after(netHolder);
+      const netPlot = () => (window.uPlot ? new uPlot({
+        width, height: 120,
+        scales: { x: { time: true } },
+        axes: [axis, { ...axis, size: 70, values: (u, v) => v.map((x) => rate(x)) }],
+        series: [{}, { label: 'rx', stroke: css('--ok'), width: 1.5, value: (u, v) => rate(v) },
+          { label: 'tx', stroke: css('--err'), width: 1.5, value: (u, v) => rate(v) }],
+      }, net, netHolder) : null);
+      const entry = { node, badge, figures, plot, data, net, netPlot, network: null };
       apps.set(app, entry);
       document.getElementById('empty').textContent = '';
       return entry;
@@ -395,18 +408,32 @@
       onMessage: (m) => {
         const c = card(m.application);
         const t = new Date(m.timestamp).getTime() / 1000;
-        const [ts, cpu, mem] = c.data;
+        const [ts, cpu, mem, disk] = c.data;
         if (ts.length && t <= ts[ts.length - 1]) return;
-        ts.push(t); cpu.push(m.cpu ?? null); mem.push(m.memory ?? null);
-        while (ts.length && ts[0] < t - WINDOW / 1000) { ts.shift(); cpu.shift(); mem.shift(); }
+        ts.push(t); cpu.push(m.cpu ?? null); mem.push(m.memory ?? null); disk.push(m.disk ?? null);
+        while (ts.length && ts[0] < t - WINDOW / 1000) { ts.shift(); cpu.shift(); mem.shift(); disk.shift(); }
+        if (m.network) {
+          const [nt, rx, tx] = c.net;
+          nt.push(t); rx.push(m.network.rxBytesPerSecond); tx.push(m.network.txBytesPerSecond);
+          while (nt.length && nt[0] < t - WINDOW / 1000) { nt.shift(); rx.shift(); tx.shift(); }
+          if (!c.network) c.network = c.netPlot();
+        }
         const up = m.up !== false;
         c.node.classList.toggle('down', !up);
         c.badge.className = 'badge ' + (up ? 'ok' : 'err');
         c.badge.textContent = up ? 'up' : 'DOWN';
-        c.figures.textContent = 'CPU ' + pct(m.cpu) + ' · memory ' + pct(m.memory) + (m.memoryBytes ? ' (' + bytes(m.memoryBytes) + ')' : '');
+        c.figures.textContent = 'CPU ' + pct(m.cpu) + ' · memory ' + pct(m.memory) + (m.memoryBytes ? ' (' + bytes(m.memoryBytes) + ')' : '')
+          + (typeof m.disk === 'number' ? ' · disk ' + pct(m.disk) : '')
+          + (m.network ? ' · net ' + rate(m.network.rxBytesPerSecond) + ' / ' + rate(m.network.txBytesPerSecond) : '');
         if (!pending) {
           pending = true;
-          requestAnimationFrame(() => { pending = false; for (const a of apps.values()) if (a.plot) a.plot.setData(a.data); });
+          requestAnimationFrame(() => {
+            pending = false;
+            for (const a of apps.values()) {
+              if (a.plot) a.plot.setData(a.data);
+              if (a.network) a.network.setData(a.net);
+            }
+          });
         }
       },
       onError: (text) => { document.getElementById('empty').textContent = text; },

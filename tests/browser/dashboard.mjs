@@ -61,6 +61,7 @@ step('host');
 await page.goto(url + '/hosts/' + encodeURIComponent(host));
 await page.locator('section.card[data-app="system"] canvas').first().waitFor({ timeout: 10000 });
 await page.locator('section.card[data-app="app"]').waitFor({ timeout: 10000 });
+await page.locator('section.card[data-app="system"] .net canvas').first().waitFor({ timeout: 10000 });
 await page.waitForTimeout(1500);
 await page.screenshot({ path: shots + '/host.png' });
 
