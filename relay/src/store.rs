@@ -475,66 +475,114 @@ impl Store {
     /// A reader positioned at the record holding `offset` (or the oldest
     /// held, if `offset` is older).
     pub fn reader(&self, offset: u64) -> Result<LogReader, StoreError> {
-        let segments: Vec<Segment> = self.writer.lock().segments.iter().cloned().collect();
-        let index = segments
-            .iter()
-            .rposition(|s| s.first <= offset)
-            .unwrap_or(0);
         Ok(LogReader {
-            segments,
-            index,
-            reader: None,
+            dir: self.config.dir.clone(),
+            segment: None,
+            file: None,
+            position: 0,
+            pending: None,
             from: offset,
         })
     }
 }
 
-/// Reads records in order from one offset on, across segments, with its
-/// own file handles.
+/// Reads records in order from one offset on, across segments (also
+/// those made after it was created), with its own file handles. It can be
+/// called again and again as the log grows: a record past the end asked
+/// for is kept for the next call, and a record still being written at the
+/// end of the newest segment is read again next time.
 #[derive(Debug)]
 pub struct LogReader {
-    segments: Vec<Segment>,
-    index: usize,
-    reader: Option<BufReader<File>>,
+    dir: PathBuf,
+    /// The first offset of the segment being read.
+    segment: Option<u64>,
+    file: Option<BufReader<File>>,
+    /// Bytes of whole records read from the segment.
+    position: u64,
+    pending: Option<Record>,
     /// Records ending at or before this are skipped.
     from: u64,
 }
 
+/// The first offsets of the segments in `dir`, sorted.
+fn segment_firsts(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut firsts: Vec<u64> = fs::read_dir(dir)
+        .map_err(io(dir))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
 impl LogReader {
+    fn open(&mut self, first: u64) -> Result<(), StoreError> {
+        let path = segment_path(&self.dir, first);
+        let file = File::open(&path).map_err(|_| StoreError::Gone(first))?;
+        self.segment = Some(first);
+        self.file = Some(BufReader::new(file));
+        self.position = 0;
+        Ok(())
+    }
+
     /// Up to `max` records that end after the start offset and begin
-    /// before `to`; empty when there are no more.
+    /// before `to`; empty when there are none (yet).
     pub fn next_chunk(&mut self, to: u64, max: usize) -> Result<Vec<Record>, StoreError> {
         let mut out = Vec::new();
         while out.len() < max {
-            if self.reader.is_none() {
-                let Some(segment) = self.segments.get(self.index) else {
+            if let Some(record) = self.pending.take() {
+                if record.offset >= to {
+                    self.pending = Some(record);
                     break;
-                };
-                match File::open(&segment.path) {
-                    Ok(file) => self.reader = Some(BufReader::new(file)),
-                    Err(_) => return Err(StoreError::Gone(segment.first)),
+                }
+                if record.end() > self.from {
+                    out.push(record);
+                }
+                continue;
+            }
+            if self.file.is_none() {
+                let firsts = segment_firsts(&self.dir)?;
+                let first = firsts
+                    .iter()
+                    .rev()
+                    .find(|f| **f <= self.from)
+                    .or(firsts.first())
+                    .copied();
+                match first {
+                    Some(first) => self.open(first)?,
+                    None => break,
                 }
             }
-            let Some(reader) = self.reader.as_mut() else {
+            let Some(file) = self.file.as_mut() else {
                 break;
             };
-            match read_frame(reader) {
-                Ok(Some((record, _))) => {
-                    if record.offset >= to {
-                        // Past the end asked for: stop here for good.
-                        self.index = self.segments.len();
-                        self.reader = None;
-                        break;
-                    }
-                    if record.end() > self.from {
-                        out.push(record);
-                    }
+            match read_frame(file) {
+                Ok(Some((record, size))) => {
+                    self.position += size;
+                    self.pending = Some(record);
                 }
-                // The end of a segment (or a torn tail being written):
-                // on to the next segment, if there is one.
                 Ok(None) | Err(_) => {
-                    self.reader = None;
-                    self.index += 1;
+                    // The end of this segment: on to a newer one if there
+                    // is one (then this one is complete); else this is the
+                    // newest, maybe with a record being written: read it
+                    // again next time.
+                    let current = self.segment.unwrap_or(0);
+                    let next = segment_firsts(&self.dir)?
+                        .into_iter()
+                        .find(|f| *f > current);
+                    match next {
+                        Some(next) => self.open(next)?,
+                        None => {
+                            let position = self.position;
+                            if let Some(file) = self.file.as_mut() {
+                                let _ = file.seek(SeekFrom::Start(position));
+                            }
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -701,5 +749,33 @@ mod tests {
         // Older than held: the reader starts at the oldest.
         let mut reader = store.reader(0).unwrap();
         assert_eq!(reader.next_chunk(2000, 1).unwrap()[0].offset, oldest);
+    }
+
+    #[test]
+    fn a_reader_follows_the_log_as_it_grows_and_rolls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(config(dir.path()), |_| {}).unwrap();
+        store.append(0, batch(2, "a").as_ref()).unwrap();
+        let mut reader = store.reader(1).unwrap();
+        let mut seen = Vec::new();
+        // A chunk up to an end, then more appended (rolling segments),
+        // then on from where it stopped: nothing skipped, nothing twice.
+        for round in 0..5 {
+            let to = store.next_offset();
+            loop {
+                let chunk = reader.next_chunk(to, 3).unwrap();
+                if chunk.is_empty() {
+                    break;
+                }
+                seen.extend(chunk.iter().map(|r| r.offset));
+            }
+            for i in 0..60 {
+                store
+                    .append(i, batch(2, &format!("r{round}-{i}")).as_ref())
+                    .unwrap();
+            }
+        }
+        let expected: Vec<u64> = (0..1 + 4 * 60).map(|i| i * 2).collect();
+        assert_eq!(seen, expected);
     }
 }

@@ -144,29 +144,56 @@ const GATE_LINES: usize = 4096;
 pub struct ReplayGate {
     /// `None` once open.
     held: Mutex<Option<Held>>,
+    /// Full: remember where instead of dropping (the lines are on disk;
+    /// a `since` replay reads them again), rather than count them dropped.
+    lossless: bool,
 }
 
 impl ReplayGate {
     pub fn closed() -> Arc<ReplayGate> {
-        Arc::new(ReplayGate {
-            held: Mutex::new(Some((Vec::new(), 0))),
-        })
+        Arc::new(ReplayGate::default().close())
+    }
+
+    /// A gate that never loses a line: past [`GATE_LINES`] it notes the
+    /// first offset it could not hold ([`Hub::open_gate_lossless`]).
+    pub fn lossless() -> Arc<ReplayGate> {
+        Arc::new(
+            ReplayGate {
+                lossless: true,
+                ..ReplayGate::default()
+            }
+            .close(),
+        )
+    }
+
+    fn close(self) -> Self {
+        *self.held.lock() = Some(Held::default());
+        self
     }
 }
 
-/// Lines a gate holds back, with their history sequence, and how many it
-/// dropped.
-type Held = (Vec<(u64, Outgoing)>, u64);
+/// Lines a gate holds back, with their history sequence; how many it
+/// dropped; the first offset a lossless gate could not hold.
+#[derive(Debug, Default)]
+struct Held {
+    lines: Vec<(u64, Outgoing)>,
+    dropped: u64,
+    overflow_from: Option<u64>,
+}
 
 impl LogSubscription {
     fn deliver(&self, sequence: u64, message: Outgoing) {
         if let Some(gate) = &self.gate {
             let mut held = gate.held.lock();
-            if let Some((lines, dropped)) = held.as_mut() {
-                if lines.len() < GATE_LINES {
-                    lines.push((sequence, message));
+            if let Some(held) = held.as_mut() {
+                if held.overflow_from.is_some() {
+                    // Past an overflow nothing is kept: it all comes from disk.
+                } else if held.lines.len() < GATE_LINES {
+                    held.lines.push((sequence, message));
+                } else if gate.lossless {
+                    held.overflow_from = Some(sequence);
                 } else {
-                    *dropped += 1;
+                    held.dropped += 1;
                 }
                 return;
             }
@@ -238,6 +265,25 @@ impl<S: HasId> SourceIndex<S> {
             (None, None) => &mut self.any,
         };
         slot.push(subscription);
+    }
+
+    /// Applies `f` to the subscription `id` registered under this key.
+    fn for_each_mut(
+        &mut self,
+        host: Option<&str>,
+        application: Option<&str>,
+        id: u64,
+        f: impl FnOnce(&mut S),
+    ) {
+        let list = match (host, application) {
+            (Some(h), Some(a)) => self.exact.get_mut(h).and_then(|apps| apps.get_mut(a)),
+            (Some(h), None) => self.by_host.get_mut(h),
+            (None, Some(a)) => self.by_application.get_mut(a),
+            (None, None) => Some(&mut self.any),
+        };
+        if let Some(subscription) = list.and_then(|l| l.iter_mut().find(|s| s.id() == id)) {
+            f(subscription);
+        }
     }
 
     fn remove(&mut self, host: Option<&str>, application: Option<&str>, id: u64) {
@@ -620,21 +666,7 @@ impl Hub {
         if let Some(ack) = ack {
             outbound.push_reply(ack);
         }
-        index.logs.insert(
-            filter.host.clone().as_ref(),
-            filter.application.clone().as_ref(),
-            LogSubscription {
-                id,
-                filter: filter.clone(),
-                scope,
-                outbound: outbound.clone(),
-                gate,
-            },
-        );
-        SubscriptionHandle {
-            id,
-            kind: HandleKind::Logs(filter.host.clone(), filter.application.clone()),
-        }
+        insert_logs(&mut index, id, filter, scope, outbound, gate)
     }
 
     /// Queues what `gate` held back from `cut` on (older lines were
@@ -642,12 +674,61 @@ impl Hub {
     /// routed meanwhile waits, so it can never overtake the held ones.
     pub(crate) fn open_gate(gate: &ReplayGate, cut: u64, outbound: &Outbound, id: u64) {
         let mut held = gate.held.lock();
-        if let Some((lines, dropped)) = held.take() {
-            for (_, line) in lines.into_iter().filter(|(sequence, _)| *sequence >= cut) {
+        if let Some(held) = held.take() {
+            for (_, line) in held
+                .lines
+                .into_iter()
+                .filter(|(sequence, _)| *sequence >= cut)
+            {
                 outbound.push_log(line);
             }
-            outbound.count_dropped(id, dropped);
+            outbound.count_dropped(id, held.dropped);
         }
+    }
+
+    /// Opens a lossless gate: queues what it held from `cut` on. `Some(x)`
+    /// when it overflowed at offset `x`: it then stays closed and queues
+    /// only what is before `x`; the caller replays from `x` on from disk
+    /// and puts a fresh gate in with [`Hub::regate`].
+    pub(crate) fn open_gate_lossless(
+        gate: &ReplayGate,
+        cut: u64,
+        outbound: &Outbound,
+    ) -> Option<u64> {
+        let mut held = gate.held.lock();
+        let taken = held.take()?;
+        let overflow = taken.overflow_from;
+        if overflow.is_some() {
+            // Closed for good: later lines go to the next gate.
+            *held = Some(Held {
+                overflow_from: overflow,
+                ..Held::default()
+            });
+        }
+        for (_, line) in taken
+            .lines
+            .into_iter()
+            .filter(|(sequence, _)| *sequence >= cut && overflow.is_none_or(|x| *sequence < x))
+        {
+            outbound.push_log(line);
+        }
+        overflow
+    }
+
+    /// Gives subscription `handle` a fresh lossless gate, and returns it
+    /// with the log's next offset, read under the index lock.
+    pub(crate) fn regate(&self, handle: &SubscriptionHandle) -> (Arc<ReplayGate>, u64) {
+        let gate = ReplayGate::lossless();
+        let mut index = self.write_index();
+        let cut = self.store.as_ref().map_or(0, Store::next_offset);
+        if let HandleKind::Logs(host, application) = &handle.kind {
+            index
+                .logs
+                .for_each_mut(host.as_deref(), application.as_deref(), handle.id, |s| {
+                    s.gate = Some(gate.clone());
+                });
+        }
+        (gate, cut)
     }
 
     /// `register_logs` with a closed gate, returning the store's next
@@ -663,24 +744,8 @@ impl Hub {
     ) -> (SubscriptionHandle, u64) {
         let mut index = self.write_index();
         let cut = self.store.as_ref().map_or(0, Store::next_offset);
-        index.logs.insert(
-            filter.host.clone().as_ref(),
-            filter.application.clone().as_ref(),
-            LogSubscription {
-                id,
-                filter: filter.clone(),
-                scope,
-                outbound: outbound.clone(),
-                gate: Some(gate),
-            },
-        );
-        (
-            SubscriptionHandle {
-                id,
-                kind: HandleKind::Logs(filter.host.clone(), filter.application.clone()),
-            },
-            cut,
-        )
+        let handle = insert_logs(&mut index, id, filter, scope, outbound, Some(gate));
+        (handle, cut)
     }
 
     /// The `log` messages of `records` from offset `from` on that `filter`
@@ -1469,6 +1534,32 @@ impl Hub {
                 });
             }
         }
+    }
+}
+
+/// Puts a log subscription in the index (its write lock held).
+fn insert_logs(
+    index: &mut Index,
+    id: u64,
+    filter: &LogFilter,
+    scope: Visible,
+    outbound: &Arc<Outbound>,
+    gate: Option<Arc<ReplayGate>>,
+) -> SubscriptionHandle {
+    index.logs.insert(
+        filter.host.clone().as_ref(),
+        filter.application.clone().as_ref(),
+        LogSubscription {
+            id,
+            filter: filter.clone(),
+            scope,
+            outbound: outbound.clone(),
+            gate,
+        },
+    );
+    SubscriptionHandle {
+        id,
+        kind: HandleKind::Logs(filter.host.clone(), filter.application.clone()),
     }
 }
 

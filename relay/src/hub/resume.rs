@@ -153,14 +153,32 @@ pub async fn subscribe_logs_since(
         reader = replay(&target, current, position, end).await;
         position = end;
     }
-    let gate = ReplayGate::closed();
-    let (handle, cut) =
+    // The seam: below `cut` from disk, from `cut` on through the gate. A
+    // gate that fills while its replay runs (a fast agent) notes where;
+    // that stretch is read from disk too, with a fresh gate, until one
+    // opens whole.
+    let gate = ReplayGate::lossless();
+    let (handle, mut cut) =
         hub.register_logs_at_cut(id, &filter, scope.clone(), outbound, gate.clone());
-    if let Some(current) = reader
-        && position < cut
-    {
-        replay(&target, current, position, cut).await;
+    let mut gate = gate;
+    loop {
+        if let Some(current) = reader.take()
+            && position < cut
+        {
+            // Read to `cut`; a lost segment was announced with `gap`.
+            let _ = replay(&target, current, position, cut).await;
+        }
+        let Some(overflow) = Hub::open_gate_lossless(&gate, cut, outbound) else {
+            break;
+        };
+        let (fresh, next_cut) = hub.regate(&handle);
+        position = overflow;
+        reader = store.reader(position).ok();
+        if reader.is_none() {
+            gap(outbound, id);
+        }
+        gate = fresh;
+        cut = next_cut;
     }
-    Hub::open_gate(&gate, cut, outbound, id);
     handle
 }
