@@ -291,15 +291,7 @@ impl Store {
                 epoch
             }
         };
-        let mut firsts: Vec<u64> = fs::read_dir(&dir)
-            .map_err(io(&dir))?
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".seg")?.parse().ok()
-            })
-            .collect();
-        firsts.sort_unstable();
+        let firsts = segment_firsts(&dir)?;
         let mut segments = VecDeque::new();
         let mut next_offset = 0u64;
         let count = firsts.len();
@@ -598,19 +590,10 @@ impl Drop for Store {
 
 /// Reads every record of a log directory (for tests and tools).
 pub fn read_all(dir: &Path) -> Result<Vec<Record>, StoreError> {
-    let mut firsts: Vec<(u64, PathBuf)> = fs::read_dir(dir)
-        .map_err(io(dir))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            Some((name.strip_suffix(".seg")?.parse().ok()?, e.path()))
-        })
-        .collect();
-    firsts.sort();
     let mut out = Vec::new();
-    for (_, path) in firsts {
+    for first in segment_firsts(dir)? {
+        let path = segment_path(dir, first);
         let mut reader = BufReader::new(File::open(&path).map_err(io(&path))?);
-        reader.seek(SeekFrom::Start(0)).map_err(io(&path))?;
         while let Ok(Some((record, _))) = read_frame(&mut reader) {
             out.push(record);
         }

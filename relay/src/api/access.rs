@@ -28,6 +28,13 @@ pub enum Denied {
 }
 
 impl Denied {
+    /// A credential whose role may not read (subscribe, REST reads).
+    pub fn cannot_read(role: crate::auth::Role) -> Denied {
+        Denied::Forbidden(format!(
+            "a {role} token cannot read: use a reader or admin token"
+        ))
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Denied::Missing | Denied::Invalid => StatusCode::UNAUTHORIZED,
@@ -115,10 +122,7 @@ pub fn presented(
 pub fn reader(state: &AppState, headers: &HeaderMap, client: IpAddr) -> Result<Credential, Denied> {
     match presented(state, headers, client)? {
         Some(credential) if credential.may_read() => Ok(credential),
-        Some(credential) => Err(Denied::Forbidden(format!(
-            "a {} token cannot read: use a reader or admin token",
-            credential.role
-        ))),
+        Some(credential) => Err(Denied::cannot_read(credential.role)),
         None if state.config.auth.browsers == BrowserAccess::Open => Ok(Credential::open_reader()),
         None => Err(Denied::Missing),
     }

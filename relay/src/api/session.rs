@@ -256,10 +256,7 @@ impl<C: Clock + Clone> WsSession<C> {
                 self.credential = Some(credential);
                 return vec![Action::Reply(answer)];
             }
-            Ok(credential) => Denied::Forbidden(format!(
-                "a {} token cannot read: use a reader or admin token",
-                credential.role
-            )),
+            Ok(credential) => Denied::cannot_read(credential.role),
             Err(denied) => denied,
         };
         self.auth_failures += 1;

@@ -277,11 +277,7 @@ pub async fn upgrade(
     let credential = match crate::api::access::presented(&state, &headers, client) {
         Ok(Some(credential)) if credential.may_read() => Some(credential),
         Ok(Some(credential)) => {
-            return crate::api::access::Denied::Forbidden(format!(
-                "a {} token cannot read: use a reader or admin token",
-                credential.role
-            ))
-            .into_response();
+            return crate::api::access::Denied::cannot_read(credential.role).into_response();
         }
         Ok(None) if state.config.auth.browsers == crate::config::BrowserAccess::Open => {
             Some(crate::auth::Credential::open_reader())

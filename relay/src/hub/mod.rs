@@ -571,7 +571,7 @@ impl Hub {
         Some(self.names.lock().intern(name))
     }
 
-    fn new_subscription_id(&self) -> u64 {
+    pub(crate) fn new_subscription_id(&self) -> u64 {
         self.next_subscription.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -797,10 +797,6 @@ impl Hub {
             timestamp: Timestamp::from_unix_millis(record.timestamp_ms),
             offset: Some(offset),
         }))
-    }
-
-    pub(crate) fn next_subscription_id(&self) -> u64 {
-        self.new_subscription_id()
     }
 
     /// The newest `n` lines before `cut` that pass `keep`, newest first,

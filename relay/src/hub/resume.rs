@@ -118,7 +118,7 @@ pub async fn subscribe_logs_since(
     outbound: &Arc<Outbound>,
     ack: impl FnOnce(u64) -> Outgoing,
 ) -> SubscriptionHandle {
-    let id = hub.next_subscription_id();
+    let id = hub.new_subscription_id();
     let filter = hub.log_filter(request);
     outbound.push_reply(ack(id));
     let Some(store) = hub.store() else {
