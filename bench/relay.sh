@@ -28,19 +28,27 @@ listen = "127.0.0.1:3900"
 listen = "127.0.0.1:4900"
 cert = "$DIR/tls/relay.crt"
 key = "$DIR/tls/relay.key"
+[websocket]
+max_connections = 20000
+max_connections_per_address = 20000
+[history]
+lines_per_source = 100
+TOML
+  if [ "${LEGACY_CONFIG:-0}" = 1 ] && [ "${1:-}" = "${BASELINE_RELAY:-none}" ]; then
+    # A baseline from before roles and the history log: its config form.
+    printf '[auth]\ntoken_sha256 = ["%s"]\n' "$HASH" >> "$DIR/relay.toml"
+  else
+    rm -rf "$DIR/history"
+    cat >> "$DIR/relay.toml" <<TOML
+dir = "$DIR/history"
 [auth]
 browsers = "open"
 [[auth.token]]
 name = "bench"
 sha256 = "$HASH"
 role = "admin"
-[websocket]
-max_connections = 20000
-max_connections_per_address = 20000
-[history]
-lines_per_source = 100
-dir = "$DIR/history"
 TOML
+  fi
   RUST_LOG=warn "${1:-$BIN/o1-relay}" --config "$DIR/relay.toml" > "$DIR/relay.out" 2> "$DIR/relay.err" &
   RELAY=$!
   for _ in $(seq 50); do grep -q listening "$DIR/relay.out" 2>/dev/null && break; sleep 0.1; done
