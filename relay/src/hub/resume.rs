@@ -25,9 +25,11 @@ use crate::store::LogReader;
 
 /// How far behind the end a replay may be when it switches to live.
 pub const CATCH_UP: u64 = 1024;
-/// Records read from disk per step (an agent's batch holds up to
-/// thousands of lines).
-const CHUNK_RECORDS: usize = 16;
+/// Records read from disk per step. A record is one agent batch, at most
+/// `uplink.max_frame_bytes` (4 MiB), so a replaying connection holds at
+/// most 4 of them (16 MiB) besides its queue; typical batches are far
+/// smaller.
+const CHUNK_RECORDS: usize = 4;
 
 fn gap(outbound: &Outbound, id: u64) {
     let message = ServerMessage::Gap(Gap {
