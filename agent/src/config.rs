@@ -46,7 +46,15 @@ impl Default for AgentConfig {
 pub struct RelayConfig {
     /// `host:port` of the relay's QUIC uplink.
     pub address: String,
-    /// Name in the relay's certificate; default: the host part of `address`.
+    /// Several relays (a cluster): tried in order; on a lost connection
+    /// the agent moves to the next at once. Empty: `address` alone.
+    pub addresses: Vec<String>,
+    /// Batches in flight with no ack for this long: the relay is taken as
+    /// lost and the agent moves on (its unacked batches are resent; the
+    /// relay or the cluster drops what it had already).
+    pub ack_timeout_ms: u64,
+    /// Name in the relay's certificate; default: the host part of the
+    /// address connected to.
     pub server_name: Option<String>,
     /// PEM file of the CA that signed the relay's certificate.
     pub ca: Option<PathBuf>,
@@ -72,6 +80,8 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             address: "127.0.0.1:4433".into(),
+            addresses: Vec::new(),
+            ack_timeout_ms: 2_000,
             server_name: None,
             ca: None,
             token: String::new(),
@@ -332,6 +342,20 @@ impl AgentConfig {
                 "relay.address",
                 format!("`{}` is not host:port", self.relay.address),
             ));
+        }
+        if let Some(bad) = self
+            .relay
+            .addresses
+            .iter()
+            .find(|a| a.parse::<SocketAddr>().is_err() && !a.contains(':'))
+        {
+            return Err(invalid(
+                "relay.addresses",
+                format!("`{bad}` is not host:port"),
+            ));
+        }
+        if self.relay.ack_timeout_ms < 100 {
+            return Err(invalid("relay.ack_timeout_ms", "at least 100 ms"));
         }
         if self.relay.client_cert.is_some() != self.relay.client_key.is_some() {
             return Err(invalid(

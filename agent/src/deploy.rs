@@ -276,8 +276,12 @@ async fn ship(settings: UplinkSettings, mut receiver: mpsc::Receiver<Item>) -> b
     let mut next_sequence = 1u64;
     let mut open = true;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut attempt = 0usize;
     loop {
-        let mut session = match uplink::connect(&endpoint, &settings).await {
+        // Each attempt goes to the next relay of the list.
+        let relay = &settings.addresses[attempt % settings.addresses.len().max(1)];
+        attempt += 1;
+        let mut session = match uplink::connect(&endpoint, &settings, relay).await {
             Ok(session) => session,
             Err(error) => {
                 eprintln!("o1-agent deploy: relay unreachable ({error}); retrying");

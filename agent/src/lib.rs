@@ -84,7 +84,12 @@ pub fn agent_id(state_dir: &Path) -> Result<String, AgentError> {
 
 pub fn uplink_settings(config: &AgentConfig, agent_id: String) -> UplinkSettings {
     UplinkSettings {
-        address: config.relay.address.clone(),
+        addresses: if config.relay.addresses.is_empty() {
+            vec![config.relay.address.clone()]
+        } else {
+            config.relay.addresses.clone()
+        },
+        ack_timeout: Duration::from_millis(config.relay.ack_timeout_ms),
         server_name: config.relay.server_name.clone(),
         ca: config.relay.ca.clone(),
         insecure_skip_verify: config.relay.insecure_skip_verify,

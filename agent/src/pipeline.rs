@@ -346,14 +346,25 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
     };
     let mut backoff = Backoff::new(backoff.0, backoff.1);
     let mut last_error = String::new();
+    // Which relay to try next, and how many tried since the last session:
+    // after a loss the next relay is tried at once; the backoff waits only
+    // once every relay failed in a row.
+    let relays = settings.addresses.len().max(1);
+    let mut current = 0usize;
+    let mut failed_in_row = 0usize;
     while !shutdown.is_cancelled() {
+        let relay = settings.addresses[current % relays].clone();
         let session = tokio::select! {
             _ = shutdown.cancelled() => break,
-            session = uplink::connect(&endpoint, &settings) => session,
+            session = uplink::connect(&endpoint, &settings, &relay) => session,
         };
+        current = (current + 1) % relays;
         match session {
             Ok(session) => {
-                tracing::info!(relay = %settings.address, "connected to the relay");
+                // Stay with this relay while it works.
+                current = (current + relays - 1) % relays;
+                failed_in_row = 0;
+                tracing::info!(%relay, "connected to the relay");
                 last_error.clear();
                 backoff.reset();
                 stats.connected.store(1, Ordering::Relaxed);
@@ -362,7 +373,7 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
                     &spool,
                     &spooled,
                     (&acked, &acked_notify),
-                    (max_in_flight, &batcher),
+                    (max_in_flight, settings.ack_timeout, &batcher),
                     &stats,
                     &shutdown,
                 )
@@ -370,6 +381,11 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
                 stats.connected.store(0, Ordering::Relaxed);
                 match end {
                     Ok(()) => break,
+                    Err(error) if relays > 1 => {
+                        current = (current + 1) % relays;
+                        tracing::warn!(%error, %relay, next = %settings.addresses[current], "uplink session ended; moving to the next relay");
+                        continue;
+                    }
                     Err(error) => tracing::warn!(%error, "uplink session ended; reconnecting"),
                 }
             }
@@ -389,6 +405,11 @@ pub async fn run_sender(sender: Sender, shutdown: CancellationToken) {
                 if matches!(error, UplinkError::Refused(_)) {
                     backoff.to_longest();
                 }
+                failed_in_row += 1;
+                if failed_in_row < relays {
+                    continue;
+                }
+                failed_in_row = 0;
             }
         }
         tokio::select! {
@@ -405,7 +426,7 @@ async fn ship(
     spool: &Mutex<Spool>,
     spooled: &Notify,
     (acked, acked_notify): (&Mutex<CheckpointState>, &Notify),
-    (max_in_flight, batcher): (usize, &SyncSender<Event>),
+    (max_in_flight, ack_timeout, batcher): (usize, Duration, &SyncSender<Event>),
     stats: &AgentStats,
     shutdown: &CancellationToken,
 ) -> Result<(), UplinkError> {
@@ -414,6 +435,8 @@ async fn ship(
         spool.first_unacked().unwrap_or(spool.next_sequence())
     };
     let mut draining_since: Option<Instant> = None;
+    // Since when batches are in flight with no ack (`None`: none are).
+    let mut waiting_since: Option<Instant> = None;
     loop {
         // Fill the window.
         loop {
@@ -440,8 +463,10 @@ async fn ship(
             };
             let Some(frame) = frame else { break };
             session.send_frame(&frame).await?;
+            waiting_since.get_or_insert_with(Instant::now);
             next += 1;
         }
+        let ack_due = waiting_since.map(|since| since + ack_timeout);
         if let Some(since) = draining_since {
             let done = spool.lock().unacked_batches() == 0;
             if done || since.elapsed() > Duration::from_secs(2) {
@@ -462,6 +487,7 @@ async fn ship(
                     let _ = batcher.try_send(Event::UplinkIdle);
                 }
                 stats.batches_acked.fetch_add(1, Ordering::Relaxed);
+                waiting_since = (next > sequence + 1).then(Instant::now);
                 let mut state = acked.lock();
                 state.checkpoint.acked_sequence = state.checkpoint.acked_sequence.max(sequence);
                 state.dirty = true;
@@ -476,6 +502,12 @@ async fn ship(
                 draining_since = Some(Instant::now());
             }
             _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
+            _ = tokio::time::sleep_until(ack_due.unwrap_or_else(Instant::now).into()), if ack_due.is_some() => {
+                return Err(UplinkError::Lost(format!(
+                    "no ack for {} ms with batches in flight",
+                    ack_timeout.as_millis()
+                )));
+            }
         }
     }
 }

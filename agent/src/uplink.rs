@@ -14,7 +14,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 /// Everything needed to reach and authenticate to the relay.
 #[derive(Clone)]
 pub struct UplinkSettings {
-    pub address: String,
+    /// Relays to try, in order (at least one).
+    pub addresses: Vec<String>,
+    /// In-flight batches unacked this long: the relay is lost.
+    pub ack_timeout: Duration,
     pub server_name: Option<String>,
     pub ca: Option<std::path::PathBuf>,
     pub insecure_skip_verify: bool,
@@ -31,7 +34,7 @@ pub struct UplinkSettings {
 impl std::fmt::Debug for UplinkSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UplinkSettings")
-            .field("address", &self.address)
+            .field("addresses", &self.addresses)
             .field("host", &self.host)
             .field("agent_id", &self.agent_id)
             .finish_non_exhaustive()
@@ -195,7 +198,7 @@ pub fn client_config(settings: &UplinkSettings) -> Result<quinn::ClientConfig, U
 
 /// A client endpoint on an ephemeral UDP port.
 pub fn endpoint(settings: &UplinkSettings) -> Result<quinn::Endpoint, UplinkError> {
-    let bind: SocketAddr = if settings.address.starts_with('[') {
+    let bind: SocketAddr = if settings.addresses.iter().any(|a| a.starts_with('[')) {
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
     } else {
         SocketAddr::from(([0, 0, 0, 0], 0))
@@ -216,20 +219,21 @@ pub struct Session {
     buffer: Vec<u8>,
 }
 
+/// Connects to the relay at `relay` (one of `settings.addresses`).
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     settings: &UplinkSettings,
+    relay: &str,
 ) -> Result<Session, UplinkError> {
-    let address = tokio::net::lookup_host(&settings.address)
+    let address = tokio::net::lookup_host(relay)
         .await
-        .map_err(|e| UplinkError::Resolve(format!("{}: {e}", settings.address)))?
+        .map_err(|e| UplinkError::Resolve(format!("{relay}: {e}")))?
         .next()
-        .ok_or_else(|| UplinkError::Resolve(settings.address.clone()))?;
+        .ok_or_else(|| UplinkError::Resolve(relay.to_owned()))?;
     let server_name = settings.server_name.clone().unwrap_or_else(|| {
-        settings
-            .address
+        relay
             .rsplit_once(':')
-            .map_or(settings.address.as_str(), |(host, _)| host)
+            .map_or(relay, |(host, _)| host)
             .trim_matches(['[', ']'])
             .to_owned()
     });

@@ -531,6 +531,39 @@ pub struct StatsResponse {
     pub batcher_stats: BatcherStats,
     pub processor_stats: ProcessorStats,
     pub performance_metrics: PerformanceMetrics,
+    /// Clustered relays only: this relay's view of the shared stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// `stats.cluster`: figures of the NATS JetStream a clustered relay shares.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterStats {
+    /// This relay's name in the cluster.
+    pub relay: String,
+    /// Connected to NATS and caught up.
+    pub healthy: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The last stream sequence this relay applied.
+    pub applied_sequence: u64,
+    /// The stream's last sequence (refreshed every second).
+    pub stream_last_sequence: u64,
+    /// Messages stored but not yet applied here.
+    pub lag_messages: u64,
+    pub stream_messages: u64,
+    pub stream_bytes: u64,
+    /// Consumers on the stream (one per relay, plus `since` replays).
+    pub consumers: u64,
+    /// Messages this relay published (agent batch parts, deployment changes).
+    pub published_messages: u64,
+    /// Publishes JetStream did not confirm (the agent was not acked).
+    pub publish_failures: u64,
+    /// Resends JetStream dropped by message id (after a failover).
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -621,6 +654,9 @@ pub struct HealthResponse {
     pub status: HealthStatus,
     pub connection_count: u64,
     pub timestamp: Timestamp,
+    /// Why the relay is not healthy (absent when it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Formats an uptime like the seed page: `15d 6h 30m` (`0d 0h 0m` at start).

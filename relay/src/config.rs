@@ -23,6 +23,7 @@ pub struct RelayConfig {
     pub uplink: UplinkConfig,
     pub auth: AuthConfig,
     pub shutdown: ShutdownConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -310,6 +311,64 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// `[cluster]`: several relays sharing one NATS JetStream. Unset
+/// `nats_url`: one relay on its own (the default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `nats://host:4222`, or several separated by commas.
+    pub nats_url: Option<String>,
+    /// The JetStream stream holding every relay's changes.
+    pub stream: String,
+    /// Subjects are `<prefix>.log.<host>.<app>`, `<prefix>.metric...`.
+    pub subject_prefix: String,
+    /// This relay's name in the host inventory; default: its HTTP address.
+    pub name: Option<String>,
+    /// NATS credentials: a `.creds` file (JWT + nkey), or user and
+    /// password, or a token.
+    pub credentials_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// TLS to NATS: the CA to trust, and a client certificate if NATS asks.
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Stream replicas (1 for one NATS server, 3 for a NATS cluster).
+    pub replicas: usize,
+    /// How long JetStream remembers message ids to drop resent batches.
+    pub duplicate_window_secs: u64,
+    /// A batch JetStream has not stored within this time is not acked and
+    /// the agent's connection is closed (it resends, here or elsewhere).
+    pub publish_timeout_ms: u64,
+    /// How often this relay refreshes its connected hosts in the inventory
+    /// bucket; a host not refreshed for three times this is shown
+    /// disconnected (its relay died).
+    pub heartbeat_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_url: None,
+            stream: "O1".into(),
+            subject_prefix: "o1".into(),
+            name: None,
+            credentials_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            replicas: 1,
+            duplicate_window_secs: 600,
+            publish_timeout_ms: 5_000,
+            heartbeat_secs: 5,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
@@ -404,6 +463,37 @@ impl RelayConfig {
             self.history.lines_per_source as u64,
         )?;
         positive("uplink.idle_timeout_secs", self.uplink.idle_timeout_secs)?;
+        positive("cluster.replicas", self.cluster.replicas as u64)?;
+        positive(
+            "cluster.duplicate_window_secs",
+            self.cluster.duplicate_window_secs,
+        )?;
+        positive("cluster.publish_timeout_ms", self.cluster.publish_timeout_ms)?;
+        positive("cluster.heartbeat_secs", self.cluster.heartbeat_secs)?;
+        let token_name = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !token_name(&self.cluster.stream) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.stream",
+                message: "letters, digits, `-` and `_` only".into(),
+            });
+        }
+        if !token_name(&self.cluster.subject_prefix) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.subject_prefix",
+                message: "letters, digits, `-` and `_` only".into(),
+            });
+        }
+        if self.cluster.tls_cert.is_some() != self.cluster.tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "cluster.tls_cert",
+                message: "`cluster.tls_cert` and `cluster.tls_key` go together".into(),
+            });
+        }
         if ws.max_message_bytes < 256 {
             return Err(ConfigError::Invalid {
                 key: "websocket.max_message_bytes",

@@ -335,6 +335,25 @@ impl Registry {
         Ok(changed)
     }
 
+    /// Whether `update` of `id` would be accepted now (without applying it).
+    pub fn check_update(&self, id: &str, update: &Update) -> Result<(), DeploymentError> {
+        if let Some(progress) = update.progress
+            && !(0..=100).contains(&progress)
+        {
+            return Err(DeploymentError::ProgressOutOfRange(progress));
+        }
+        let deployment = self.deployments.get(id).ok_or(DeploymentError::NotFound)?;
+        if deployment.status.is_final() {
+            return Err(DeploymentError::AlreadyEnded(deployment.status));
+        }
+        if update.status == Some(DeploymentStatus::Pending)
+            && deployment.status != DeploymentStatus::Pending
+        {
+            return Err(DeploymentError::BackToPending);
+        }
+        Ok(())
+    }
+
     /// Deployments pending or running now.
     pub fn active(&self) -> usize {
         self.deployments.len().saturating_sub(self.finished.len())
@@ -346,6 +365,43 @@ impl Registry {
     pub fn stamp(&mut self, id: &str, offset: u64) {
         if let Some(deployment) = self.deployments.get_mut(id) {
             deployment.offset = offset;
+        }
+    }
+
+    /// Puts back a deployment as another relay recorded it (`view`, at
+    /// `offset`), unless a newer one is held.
+    pub fn restore(&mut self, view: DeploymentView, offset: u64) {
+        if self
+            .deployments
+            .get(&view.deployment_id)
+            .is_some_and(|d| d.offset >= offset)
+        {
+            return;
+        }
+        let id = view.deployment_id.clone();
+        let ended = view.status.is_final();
+        let deployment = Deployment {
+            deployment_id: view.deployment_id,
+            application: view.application,
+            hosts: view.hosts,
+            status: view.status,
+            progress: view.progress,
+            message: view.message,
+            started_at: view.started_at,
+            updated_at: view.updated_at,
+            ended_at: view.ended_at,
+            logs: VecDeque::new(),
+            log_bytes: 0,
+            offset,
+            evicted_through: None,
+        };
+        if self.deployments.insert(id.clone(), deployment).is_none() && ended {
+            self.finished.push_back(id);
+            while self.finished.len() > self.limits.max_finished {
+                if let Some(old) = self.finished.pop_front() {
+                    self.deployments.remove(&old);
+                }
+            }
         }
     }
 

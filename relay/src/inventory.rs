@@ -142,6 +142,11 @@ impl Inventory {
     }
 
     /// All hosts, sorted by name.
+    /// One host's view, if known.
+    pub fn view(&self, host: &str) -> Option<HostView> {
+        self.with(|hosts| hosts.get(host).map(HostEntry::view))
+    }
+
     pub fn snapshot(&self) -> Vec<HostView> {
         self.with(|hosts| {
             let sorted: BTreeMap<&String, &HostEntry> = hosts.iter().collect();

@@ -18,11 +18,13 @@
 pub mod api;
 pub mod auth;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod deployments;
 pub mod hub;
 pub mod ingest;
 pub mod inventory;
+pub mod journal;
 pub mod store;
 pub mod telemetry;
 
@@ -69,7 +71,20 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> Result<Self, store::StoreError> {
         let stats = Arc::new(Stats::new());
-        let hub = Arc::new(if config.history.persist {
+        let hub = Arc::new(if config.cluster.nats_url.is_some() {
+            let name = config.cluster.name.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "relay".into());
+                format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+            });
+            Hub::clustered(
+                stats.clone(),
+                config.history.clone(),
+                config.deployments,
+                Arc::new(cluster::ClusterLink::new(config.cluster.clone(), name)),
+            )
+        } else if config.history.persist {
             Hub::open(
                 stats.clone(),
                 config.history.clone(),
@@ -313,7 +328,7 @@ pub async fn run(state: AppState, listeners: Listeners) {
                     _ = tokio::time::sleep(every) => {}
                 }
                 let now = o1_common::Timestamp::now();
-                hub.expire_deployments(now);
+                hub.append_expiries(now).await;
                 let forgotten = inventory.forget_silent(o1_common::Timestamp::from_unix_millis(
                     now.unix_millis.saturating_sub(forget_ms),
                 ));
@@ -349,6 +364,14 @@ pub async fn run(state: AppState, listeners: Listeners) {
                 store.sync();
             }
         });
+    }
+    if let Some(cluster) = state.hub.cluster() {
+        tracker.spawn(cluster.clone().run(
+            state.hub.clone(),
+            state.inventory.clone(),
+            state.config.history.clone(),
+            shutdown.clone(),
+        ));
     }
     if let Some(endpoint) = listeners.uplink {
         tracker.spawn(ingest::serve(endpoint, state.clone(), shutdown.clone()));

@@ -215,7 +215,8 @@ fn agent_settings(
     application: &str,
 ) -> o1_agent::uplink::UplinkSettings {
     o1_agent::uplink::UplinkSettings {
-        address: uplink.to_owned(),
+        addresses: vec![uplink.to_owned()],
+        ack_timeout: Duration::from_secs(2),
         server_name: Some("localhost".into()),
         ca: Some(ca.to_owned()),
         insecure_skip_verify: false,
@@ -394,7 +395,7 @@ async fn half_open(
     pids: &[u32],
 ) -> Result<()> {
     let endpoint = o1_agent::uplink::endpoint(&settings)?;
-    let address: std::net::SocketAddr = settings.address.parse()?;
+    let address: std::net::SocketAddr = settings.addresses[0].parse()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_bytes(pids);
     let mut held = Vec::new();
@@ -442,7 +443,7 @@ async fn replay_stall(
     search: Option<String>,
 ) -> Result<()> {
     let endpoint = o1_agent::uplink::endpoint(&settings)?;
-    let mut session = o1_agent::uplink::connect(&endpoint, &settings).await?;
+    let mut session = o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
     let mut sequence = 0u64;
     let batch = |sequence: u64, application: String, n: usize| {
         let items = (0..n)
@@ -791,7 +792,7 @@ async fn fanout(
         Publisher::O1 { uplink, ca, token } => {
             let settings = agent_settings(&uplink, &ca, &token, "bench-host", "bench");
             let endpoint = o1_agent::uplink::endpoint(&settings)?;
-            let mut session = o1_agent::uplink::connect(&endpoint, &settings).await?;
+            let mut session = o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
             let mut sequence = 0u64;
             let mut sent = 0u64;
             while sent < messages {
@@ -880,7 +881,7 @@ async fn ingest(
         let settings = agent_settings(uplink, ca, token, &format!("ingest-{a}"), "app");
         tasks.push(tokio::spawn(async move {
             let endpoint = o1_agent::uplink::endpoint(&settings)?;
-            let mut session = o1_agent::uplink::connect(&endpoint, &settings).await?;
+            let mut session = o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
             let line = "x".repeat(100);
             // Pre-encode one frame body per batch size; only the sequence differs.
             let mut sequence = 0u64;

@@ -601,7 +601,8 @@ pub fn sim_settings(
     token: &str,
 ) -> o1_agent::uplink::UplinkSettings {
     o1_agent::uplink::UplinkSettings {
-        address: relay.uplink.to_string(),
+        addresses: vec![relay.uplink.to_string()],
+        ack_timeout: Duration::from_secs(2),
         server_name: Some("localhost".into()),
         ca: Some(pki.ca()),
         insecure_skip_verify: false,
@@ -619,7 +620,7 @@ impl SimAgent {
     pub async fn connect(relay: &Relay, pki: &Pki, host: &str) -> Result<SimAgent> {
         let settings = sim_settings(relay, pki, host, &pki.token);
         let endpoint = o1_agent::uplink::endpoint(&settings)?;
-        let session = o1_agent::uplink::connect(&endpoint, &settings).await?;
+        let session = o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
         Ok(SimAgent {
             endpoint,
             session,
@@ -886,11 +887,129 @@ impl SimAgent {
         settings: &o1_agent::uplink::UplinkSettings,
     ) -> std::result::Result<SimAgent, o1_agent::uplink::UplinkError> {
         let endpoint = o1_agent::uplink::endpoint(settings)?;
-        let session = o1_agent::uplink::connect(&endpoint, settings).await?;
+        let session = o1_agent::uplink::connect(&endpoint, settings, &settings.addresses[0]).await?;
         Ok(SimAgent {
             endpoint,
             session,
             next_sequence: 1,
         })
     }
+}
+
+/// A real `nats-server -js` (Debian's `nats-server`) on a free loopback
+/// port, its JetStream store in `dir`.
+#[derive(Debug)]
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    pub fn start(dir: &Path) -> Result<Nats> {
+        std::fs::create_dir_all(dir)?;
+        Self::spawn(dir, None)
+    }
+
+    fn spawn(dir: &Path, port: Option<u16>) -> Result<Nats> {
+        let ports = dir.join("ports");
+        let _ = std::fs::remove_dir_all(&ports);
+        std::fs::create_dir_all(&ports)?;
+        let log = std::fs::File::create(dir.join(format!("nats-{}.log", unique())))?;
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(port.map_or("-1".to_owned(), |p| p.to_string()))
+            .arg("-sd")
+            .arg(dir.join("store"))
+            .arg("--ports_file_dir")
+            .arg(&ports)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("nats-server (apt-get install nats-server)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let port = loop {
+            let found = std::fs::read_dir(&ports)?
+                .flatten()
+                .find_map(|e| std::fs::read_to_string(e.path()).ok())
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                .and_then(|v| {
+                    v["nats"][0]
+                        .as_str()?
+                        .rsplit(':')
+                        .next()?
+                        .parse::<u16>()
+                        .ok()
+                });
+            if let Some(port) = found {
+                break port;
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Ok(Nats {
+            child,
+            port,
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The `[cluster]` section for a relay named `name`.
+    pub fn relay_config(&self, name: &str) -> String {
+        format!(
+            "[cluster]\nnats_url = \"{}\"\nname = \"{name}\"\nheartbeat_secs = 1\npublish_timeout_ms = 2000\n",
+            self.url()
+        )
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts again on the same port with the same store.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::spawn(&self.dir, Some(self.port)) {
+                Ok(nats) => {
+                    let old = std::mem::replace(self, nats);
+                    std::mem::forget(old);
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until the relay's health is `healthy` (a clustered relay: joined
+/// and caught up).
+pub async fn wait_healthy(relay: &Relay) -> Result<()> {
+    let url = relay.url("/api/websocket/health");
+    eventually(Duration::from_secs(20), || {
+        let url = url.clone();
+        async move {
+            let health = get_json(&url).await.ok()?;
+            (health["status"] == "healthy").then_some(())
+        }
+    })
+    .await
 }

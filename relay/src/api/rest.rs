@@ -98,6 +98,7 @@ pub async fn stats(
             p95,
             p99,
         },
+        cluster: state.hub.cluster().map(|c| c.snapshot()),
     }))
 }
 
@@ -154,17 +155,33 @@ pub async fn metrics(
 )]
 pub async fn health(State(state): State<AppState>) -> Response {
     let connection_count = state.stats.connections_current.get();
-    let (status, code) = if state.shutdown.is_cancelled() {
-        (HealthStatus::Unhealthy, StatusCode::SERVICE_UNAVAILABLE)
+    let cluster_trouble = state.hub.cluster().and_then(|c| c.trouble());
+    let (status, code, reason) = if state.shutdown.is_cancelled() {
+        (
+            HealthStatus::Unhealthy,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("shutting down".to_owned()),
+        )
     } else if state.gate.is_full() {
-        (HealthStatus::Degraded, StatusCode::SERVICE_UNAVAILABLE)
+        (
+            HealthStatus::Degraded,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("websocket.max_connections reached".to_owned()),
+        )
+    } else if let Some(trouble) = cluster_trouble {
+        (
+            HealthStatus::Degraded,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(trouble),
+        )
     } else {
-        (HealthStatus::Healthy, StatusCode::OK)
+        (HealthStatus::Healthy, StatusCode::OK, None)
     };
     let body = HealthResponse {
         status,
         connection_count,
         timestamp: Timestamp::now(),
+        reason,
     };
     (code, Json(body)).into_response()
 }
@@ -200,7 +217,9 @@ pub async fn prometheus(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.stats.encode_metrics(),
+        state
+            .stats
+            .encode_metrics(state.hub.cluster().map(|c| c.snapshot()).as_ref()),
     )
         .into_response()
 }
@@ -226,7 +245,11 @@ pub async fn hosts(
     headers: HeaderMap,
 ) -> Result<Json<HostsResponse>, Denied> {
     let caller = access::reader(&state, &headers, client(&state, peer, &headers))?;
-    let mut hosts = state.inventory.snapshot();
+    // Clustered: every relay's hosts, from the cluster's bucket.
+    let mut hosts = match state.hub.cluster() {
+        Some(cluster) => cluster.hosts(Timestamp::now()),
+        None => state.inventory.snapshot(),
+    };
     hosts.retain(|h| caller.scope.allows(&h.host));
     Ok(Json(HostsResponse { hosts }))
 }
@@ -320,15 +343,18 @@ pub async fn create_deployment(
     if let Err(denied) = access::covers(&caller, &request.hosts, "this deployment") {
         return denied.into_response();
     }
-    let created = state.hub.create_deployment(
-        request.deployment_id,
-        request.application,
-        request.hosts,
-        request.message,
-        Timestamp::now(),
-    );
+    let created = state
+        .hub
+        .append_create(
+            request.deployment_id,
+            request.application,
+            request.hosts,
+            request.message,
+            Timestamp::now(),
+        )
+        .await;
     match created {
-        Ok(deployment) => (StatusCode::CREATED, Json(deployment.view())).into_response(),
+        Ok(deployment) => (StatusCode::CREATED, Json(deployment)).into_response(),
         Err(e) => deployment_error(e),
     }
 }
@@ -402,7 +428,11 @@ pub async fn deployment_event(
             .map(|l| (l.level.unwrap_or_default(), l.message))
             .collect();
         let host = request.host.as_deref().unwrap_or("ci");
-        if let Err(e) = state.hub.deployment_logs(&id, host, &lines, now) {
+        if let Err(e) = state
+            .hub
+            .append_deployment_logs(&id, host, &lines, now)
+            .await
+        {
             return deployment_error(e);
         }
     }
@@ -417,8 +447,8 @@ pub async fn deployment_event(
         progress: request.progress,
         message: request.message,
     };
-    match state.hub.update_deployment(&id, update, now) {
-        Ok(deployment) => Json(deployment.view()).into_response(),
+    match state.hub.append_update(&id, update, now).await {
+        Ok(deployment) => Json(deployment).into_response(),
         Err(e) => deployment_error(e),
     }
 }
@@ -459,8 +489,8 @@ pub async fn cancel_deployment(
         progress: None,
         message: Some("Deployment cancelled".into()),
     };
-    match state.hub.update_deployment(&id, update, Timestamp::now()) {
-        Ok(deployment) => Json(deployment.view()).into_response(),
+    match state.hub.append_update(&id, update, Timestamp::now()).await {
+        Ok(deployment) => Json(deployment).into_response(),
         Err(e) => deployment_error(e),
     }
 }

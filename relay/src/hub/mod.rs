@@ -458,7 +458,12 @@ pub struct Hub {
     /// appended and routed, so offsets, the log and every subscriber see
     /// changes in one order.
     order: Mutex<u64>,
-    epoch: u64,
+    epoch: AtomicU64,
+    /// Clustered: the stream this hub follows (see [`crate::journal`]).
+    cluster: Option<Arc<crate::cluster::ClusterLink>>,
+    /// Clustered: the offset after the last change applied (set before it
+    /// is routed, as the disk log's end is).
+    committed_end: AtomicU64,
     /// Agents' high-water marks found in the log, for the uplink to take.
     high_water: Mutex<HashMap<String, u64>>,
 }
@@ -486,7 +491,9 @@ impl Hub {
             stats,
             store: None,
             order: Mutex::new(0),
-            epoch: (rand::random::<u64>() & ((1 << 53) - 1)).max(1),
+            epoch: AtomicU64::new((rand::random::<u64>() & ((1 << 53) - 1)).max(1)),
+            cluster: None,
+            committed_end: AtomicU64::new(0),
             high_water: Mutex::new(HashMap::new()),
         }
     }
@@ -523,7 +530,7 @@ impl Hub {
             );
             records += 1;
         })?;
-        hub.epoch = store.epoch();
+        *hub.epoch.get_mut() = store.epoch();
         *hub.order.get_mut() = store.next_offset();
         tracing::info!(
             records,
@@ -540,7 +547,104 @@ impl Hub {
 
     /// The history's epoch (`subscribed.epoch`).
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// A hub that applies what the cluster stream holds (see
+    /// [`crate::journal`]): nothing is appended or routed here directly.
+    pub fn clustered(
+        stats: Arc<Stats>,
+        limits: HistoryLimits,
+        registry: RegistryLimits,
+        cluster: Arc<crate::cluster::ClusterLink>,
+    ) -> Self {
+        Hub {
+            cluster: Some(cluster),
+            ..Hub::new(stats, limits, registry)
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterLink>> {
+        self.cluster.as_ref()
+    }
+
+    /// The cluster stream's epoch, once known.
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// The offset after the last change applied: a `since` replay reads
+    /// below it from the journal, the rest arrives live.
+    pub fn log_end(&self) -> u64 {
+        match (&self.store, &self.cluster) {
+            (Some(store), _) => store.next_offset(),
+            (None, Some(_)) => self.committed_end.load(Ordering::Acquire),
+            (None, None) => 0,
+        }
+    }
+
+    /// Applies one change the cluster stream holds at `offset` (its items
+    /// up to `end`), in stream order; returns the views of the
+    /// deployments it changed.
+    pub fn apply_committed(
+        &self,
+        offset: u64,
+        end: u64,
+        at_ms: i64,
+        entry: EntryRef<'_>,
+    ) -> Vec<o1_common::rest::DeploymentView> {
+        let mut order = self.order.lock();
+        *order = end;
+        self.committed_end.store(end, Ordering::Release);
+        let index = self.read_index();
+        let errors = self.apply(&index, offset, at_ms, entry, &Scope::all(), Instant::now());
+        drop(index);
+        drop(order);
+        let mut touched: Vec<&str> = match entry {
+            EntryRef::Batch { items, .. } => {
+                self.stats.items_ingested.inc_by(items.len() as u64);
+                items
+                    .iter()
+                    .filter_map(|item| match item {
+                        Item::Deployment(event) => Some(event.deployment_id.as_str()),
+                        Item::Log(line) => line.deployment_id.as_deref(),
+                        Item::Metric(_) => None,
+                    })
+                    .collect()
+            }
+            EntryRef::Created { deployment_id, .. } | EntryRef::Updated { deployment_id, .. } => {
+                vec![deployment_id]
+            }
+        };
+        self.stats.processing_errors.inc_by(errors);
+        touched.sort_unstable();
+        touched.dedup();
+        let registry = self.lock_deployments();
+        touched
+            .into_iter()
+            .filter_map(|id| registry.get(id).map(Deployment::view))
+            .collect()
+    }
+
+    /// Puts back a deployment the cluster's bucket holds.
+    pub fn restore_deployment(&self, view: o1_common::rest::DeploymentView, offset: u64) {
+        self.lock_deployments().restore(view, offset);
+    }
+
+    /// Whether `create` would be accepted now, and the id it would take
+    /// (generated when `None`), without keeping it.
+    pub fn check_create(
+        &self,
+        id: Option<String>,
+        application: String,
+        hosts: Vec<String>,
+        message: Option<String>,
+        now: Timestamp,
+    ) -> Result<Deployment, DeploymentError> {
+        let mut registry = self.lock_deployments();
+        let deployment = registry.create(id, application, hosts, message, now)?;
+        registry.remove(&deployment.deployment_id);
+        Ok(deployment)
     }
 
     pub fn store(&self) -> Option<&Store> {
@@ -720,7 +824,7 @@ impl Hub {
     pub(crate) fn regate(&self, handle: &SubscriptionHandle) -> (Arc<ReplayGate>, u64) {
         let gate = ReplayGate::lossless();
         let mut index = self.write_index();
-        let cut = self.store.as_ref().map_or(0, Store::next_offset);
+        let cut = self.log_end();
         if let HandleKind::Logs(host, application) = &handle.kind {
             index
                 .logs
@@ -743,7 +847,7 @@ impl Hub {
         gate: Arc<ReplayGate>,
     ) -> (SubscriptionHandle, u64) {
         let mut index = self.write_index();
-        let cut = self.store.as_ref().map_or(0, Store::next_offset);
+        let cut = self.log_end();
         let handle = insert_logs(&mut index, id, filter, scope, outbound, Some(gate));
         (handle, cut)
     }
@@ -968,7 +1072,9 @@ impl Hub {
         };
         // Resuming: only what changed after `since` (of this epoch); a
         // `gap` first when lines after it are no longer kept.
-        let after = since.filter(|s| s.epoch == self.epoch).map(|s| s.offset);
+        let after = since
+            .filter(|s| s.epoch == self.epoch())
+            .map(|s| s.offset);
         let gap = match (since, after) {
             (Some(_), None) => true,
             (_, Some(after)) => deployment.evicted_through.is_some_and(|e| e > after),
@@ -1167,6 +1273,13 @@ impl Hub {
                 };
                 let changed = {
                     let mut registry = self.lock_deployments();
+                    if registry
+                        .get(deployment_id)
+                        .is_some_and(|d| d.offset >= offset)
+                    {
+                        // A newer state was restored from the cluster.
+                        return 0;
+                    }
                     let changed = registry.update(deployment_id, update, None, now);
                     if changed.is_ok() {
                         registry.stamp(deployment_id, offset);
@@ -1398,10 +1511,14 @@ impl Hub {
         };
         let changed = {
             let mut registry = self.lock_deployments();
-            if let Some(deployment) = registry.get(&event.deployment_id)
-                && !writer.covers(&deployment.hosts)
-            {
-                return Err(DeploymentError::Forbidden(event.deployment_id.clone()));
+            if let Some(deployment) = registry.get(&event.deployment_id) {
+                if !writer.covers(&deployment.hosts) {
+                    return Err(DeploymentError::Forbidden(event.deployment_id.clone()));
+                }
+                if deployment.offset >= offset {
+                    // A newer state was restored from the cluster.
+                    return Ok(());
+                }
             }
             let mut changed = registry.update(
                 &event.deployment_id,
@@ -1454,28 +1571,6 @@ impl Hub {
         Ok(changed.deployment)
     }
 
-    /// Ends deployments that stopped reporting (see
-    /// [`Registry::stale`]) and tells their subscribers.
-    pub fn expire_deployments(&self, now: Timestamp) -> usize {
-        let (stale, message) = {
-            let registry = self.lock_deployments();
-            (registry.stale(now), registry.timeout_message())
-        };
-        let mut expired = 0;
-        for id in stale {
-            let update = Update {
-                status: Some(DeploymentStatus::Failed),
-                progress: None,
-                message: Some(message.clone()),
-            };
-            if self.update_deployment(&id, update, now).is_ok() {
-                tracing::info!(deployment = %id, "deployment timed out");
-                expired += 1;
-            }
-        }
-        expired
-    }
-
     /// Publishes log lines of a deployment given over REST.
     pub fn deployment_logs(
         &self,
@@ -1484,6 +1579,18 @@ impl Hub {
         lines: &[(Level, String)],
         now: Timestamp,
     ) -> Result<(), DeploymentError> {
+        let items = self.deployment_items(id, lines, now)?;
+        self.publish(host, &items, Instant::now(), now);
+        Ok(())
+    }
+
+    /// REST deployment lines as items of the deployment's application.
+    pub(crate) fn deployment_items(
+        &self,
+        id: &str,
+        lines: &[(Level, String)],
+        now: Timestamp,
+    ) -> Result<Vec<Item>, DeploymentError> {
         let application = {
             let registry = self.lock_deployments();
             let deployment = registry.get(id).ok_or(DeploymentError::NotFound)?;
@@ -1492,7 +1599,7 @@ impl Hub {
             }
             deployment.application.clone()
         };
-        let items: Vec<Item> = lines
+        Ok(lines
             .iter()
             .map(|(level, message)| {
                 Item::Log(LogRecord {
@@ -1503,9 +1610,7 @@ impl Hub {
                     deployment_id: Some(id.to_owned()),
                 })
             })
-            .collect();
-        self.publish(host, &items, Instant::now(), now);
-        Ok(())
+            .collect())
     }
 
     fn announce(&self, index: &Index, changed: &Changed) {

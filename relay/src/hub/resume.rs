@@ -21,7 +21,7 @@ use o1_common::matching::LogFilter;
 
 use super::outbound::{Outbound, Outgoing, subscription_name};
 use super::{Hub, ReplayGate, SubscriptionHandle, Visible};
-use crate::store::LogReader;
+use crate::journal::Reader;
 
 /// How far behind the end a replay may be when it switches to live.
 pub const CATCH_UP: u64 = 1024;
@@ -62,12 +62,7 @@ struct Target<'a> {
     id: u64,
 }
 
-async fn replay(
-    target: &Target<'_>,
-    mut reader: LogReader,
-    from: u64,
-    to: u64,
-) -> Option<LogReader> {
+async fn replay(target: &Target<'_>, mut reader: Reader, from: u64, to: u64) -> Option<Reader> {
     let Target {
         hub,
         filter,
@@ -77,22 +72,14 @@ async fn replay(
     } = *target;
     loop {
         room(outbound).await;
-        let (hub2, filter2, scope2) = (hub.clone(), filter.clone(), scope.clone());
-        let step = tokio::task::spawn_blocking(move || {
-            let lines = reader.next_chunk(to, CHUNK_RECORDS).map(|records| {
-                (
-                    records.is_empty(),
-                    hub2.replay_lines(&records, from, &filter2, &scope2),
-                )
-            });
-            (reader, lines)
-        })
-        .await;
-        let Ok((back, Ok((done, lines)))) = step else {
+        let (back, records) = reader.next_chunk(to, CHUNK_RECORDS).await;
+        let (Some(back), Ok(records)) = (back, records) else {
             gap(outbound, id);
             return None;
         };
         reader = back;
+        let done = records.is_empty();
+        let lines = hub.replay_lines(&records, from, filter, scope);
         for body in lines {
             // Never more than the queue takes: a long replay waits for
             // the client instead of dropping lines.
@@ -123,11 +110,10 @@ pub async fn subscribe_logs_since(
     let id = hub.new_subscription_id();
     let filter = hub.log_filter(request);
     outbound.push_reply(ack(id));
-    let Some(store) = hub.store() else {
+    let Some(oldest) = hub.oldest_offset().await else {
         gap(outbound, id);
         return hub.register_logs(id, &filter, scope, outbound, None, None);
     };
-    let oldest = store.oldest_offset();
     let start = if since.epoch != hub.epoch() || since.offset.saturating_add(1) < oldest {
         // Another history, or older than what is held: say so, then
         // replay everything still held.
@@ -137,7 +123,7 @@ pub async fn subscribe_logs_since(
         since.offset.saturating_add(1)
     };
     let mut position = start;
-    let mut reader = store.reader(position).ok();
+    let mut reader = hub.reader(position).await;
     let target = Target {
         hub,
         filter: &filter,
@@ -147,7 +133,7 @@ pub async fn subscribe_logs_since(
     };
     // Far behind: catch up without a subscription.
     while let Some(current) = reader.take() {
-        let end = store.next_offset();
+        let end = hub.log_end();
         if end <= position.saturating_add(CATCH_UP) {
             reader = Some(current);
             break;
@@ -175,7 +161,7 @@ pub async fn subscribe_logs_since(
         };
         let (fresh, next_cut) = hub.regate(&handle);
         position = overflow;
-        reader = store.reader(position).ok();
+        reader = hub.reader(position).await;
         if reader.is_none() {
             gap(outbound, id);
         }

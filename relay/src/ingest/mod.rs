@@ -380,6 +380,16 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
             return;
         }
     };
+    if let Some(trouble) = state.hub.cluster().and_then(|c| c.trouble()) {
+        // Nothing could be acked here: the agent keeps its spool and tries
+        // its next relay.
+        warn_limited!(uplink.log, "degraded", %remote, host = ?hello.host, %trouble, "agent turned away: the cluster is unavailable");
+        connection.close(
+            VarInt::from_u32(close_code::SHUTTING_DOWN),
+            format!("relay degraded: {trouble}").as_bytes(),
+        );
+        return;
+    }
     match session.welcome(&hello) {
         Ok(frame) if send.write_all(&frame).await.is_ok() => {}
         _ => return,
@@ -395,6 +405,9 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
         &hello.applications,
         Timestamp::now(),
     );
+    if let Some(cluster) = state.hub.cluster() {
+        cluster.host_changed(&hello.host);
+    }
     let end = tokio::select! {
         end = ingest(&mut send, &mut recv, &mut buffer, &mut session, (&hello, &credential), &state, &uplink) => end,
         _ = state.shutdown.cancelled() => Err(End::Shutdown),
@@ -405,6 +418,9 @@ async fn handle_connection(incoming: quinn::Incoming, state: AppState, uplink: A
     }
     state.stats.agents_connected.dec();
     state.inventory.disconnected(&hello.host, Timestamp::now());
+    if let Some(cluster) = state.hub.cluster() {
+        cluster.host_changed(&hello.host);
+    }
     tracing::info!(%remote, host = ?hello.host, "agent disconnected");
 }
 
@@ -538,7 +554,7 @@ async fn ingest(
         while let Some(input) = session.next_input(&mut admit)? {
             match input {
                 Input::Batch { batch, new: true } => {
-                    if let Err(error) = route(state, uplink, hello, credential, &batch) {
+                    if let Err(error) = route(state, uplink, hello, credential, &batch).await {
                         // Not routed, not acked: forget it was seen, so the
                         // agent's resend is taken as new.
                         uplink
@@ -579,13 +595,13 @@ fn publishes(item: &wire::Item) -> bool {
 /// Routes a new batch: inventory, then the hub. Items of applications over
 /// the host's limit are refused and counted; so are a publisher's items
 /// that belong to no deployment.
-fn route(
+async fn route(
     state: &AppState,
     uplink: &UplinkState,
     hello: &Hello,
     credential: &Credential,
     batch: &wire::Batch,
-) -> Result<(), crate::hub::PublishError> {
+) -> Result<(), crate::journal::AppendError> {
     let owned;
     let batch = if credential.role == Role::Publisher && !batch.items.iter().all(publishes) {
         let items: Vec<wire::Item> = batch
@@ -625,15 +641,18 @@ fn route(
         MAX_APPLICATIONS_PER_HOST,
     );
     let refused_items = if refused.is_empty() {
-        state.hub.publish_batch(
-            &hello.host,
-            &hello.agent_id,
-            batch.sequence,
-            &batch.items,
-            &credential.scope,
-            ingested_at,
-            now,
-        )?;
+        state
+            .hub
+            .append_batch(
+                &hello.host,
+                &hello.agent_id,
+                batch.sequence,
+                &batch.items,
+                &credential.scope,
+                ingested_at,
+                now,
+            )
+            .await?;
         0
     } else {
         let admitted: Vec<wire::Item> = batch
@@ -646,15 +665,18 @@ fn route(
             })
             .cloned()
             .collect();
-        state.hub.publish_batch(
-            &hello.host,
-            &hello.agent_id,
-            batch.sequence,
-            &admitted,
-            &credential.scope,
-            ingested_at,
-            now,
-        )?;
+        state
+            .hub
+            .append_batch(
+                &hello.host,
+                &hello.agent_id,
+                batch.sequence,
+                &admitted,
+                &credential.scope,
+                ingested_at,
+                now,
+            )
+            .await?;
         batch.items.len() - admitted.len()
     };
     if refused_items > 0 {

@@ -100,7 +100,21 @@ struct ScrapedGauges {
     cpu_percent: FloatGauge,
     resident_bytes: Gauge,
     uptime_seconds: FloatGauge,
+    /// `[cluster]` figures (0 on a relay on its own).
+    cluster: [Gauge; CLUSTER_GAUGES.len()],
 }
+
+const CLUSTER_GAUGES: [(&str, &str); 9] = [
+    ("o1_cluster_healthy", "1 when connected to NATS JetStream and caught up (clustered relays)."),
+    ("o1_cluster_applied_sequence", "The last stream sequence this relay applied."),
+    ("o1_cluster_stream_last_sequence", "The stream's last sequence."),
+    ("o1_cluster_lag_messages", "Messages stored in the stream but not yet applied here."),
+    ("o1_cluster_stream_bytes", "Bytes the stream holds."),
+    ("o1_cluster_consumers", "Consumers on the stream."),
+    ("o1_cluster_published_messages", "Messages this relay published to the stream."),
+    ("o1_cluster_publish_failures", "Publishes JetStream did not confirm (agents not acked)."),
+    ("o1_cluster_duplicates", "Resent batch parts JetStream dropped by message id."),
+];
 
 impl Default for Stats {
     fn default() -> Self {
@@ -284,6 +298,9 @@ impl Stats {
             "Seconds since the relay started.",
             g.uptime_seconds.clone(),
         );
+        for ((name, help), gauge) in CLUSTER_GAUGES.iter().zip(&g.cluster) {
+            registered(r, name, help, gauge.clone());
+        }
         stats.registry = std::mem::take(r);
         stats
     }
@@ -321,8 +338,25 @@ impl Stats {
         self.started.elapsed()
     }
 
-    /// The OpenMetrics text of every figure (`GET /metrics`).
-    pub fn encode_metrics(&self) -> String {
+    /// The OpenMetrics text of every figure (`GET /metrics`), with the
+    /// cluster's when clustered.
+    pub fn encode_metrics(&self, cluster: Option<&o1_common::api::ClusterStats>) -> String {
+        if let Some(c) = cluster {
+            let values = [
+                u64::from(c.healthy),
+                c.applied_sequence,
+                c.stream_last_sequence,
+                c.lag_messages,
+                c.stream_bytes,
+                c.consumers,
+                c.published_messages,
+                c.publish_failures,
+                c.duplicates,
+            ];
+            for (gauge, value) in self.scraped.cluster.iter().zip(values) {
+                gauge.set(value);
+            }
+        }
         let (mean, p95, p99) = self.latency_millis();
         let (cpu, memory) = self.process_usage();
         let g = &self.scraped;
@@ -533,7 +567,7 @@ mod tests {
         stats.messages_sent.inc_by(5);
         stats.agents_connected.inc();
         stats.record_latencies(&[250, 3_000]);
-        let text = stats.encode_metrics();
+        let text = stats.encode_metrics(None);
         let table = [
             "# TYPE o1_websocket_messages_sent counter",
             "o1_websocket_messages_sent_total 5",

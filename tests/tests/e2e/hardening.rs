@@ -640,7 +640,7 @@ async fn the_uplink_refuses_huge_hellos_bad_names_and_too_many_applications() {
     let (_dir, pki, relay) = relay("");
     let connect = |settings: o1_agent::uplink::UplinkSettings| async move {
         let endpoint = o1_agent::uplink::endpoint(&settings).unwrap();
-        o1_agent::uplink::connect(&endpoint, &settings)
+        o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0])
             .await
             .map(|_| ())
     };

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod access;
+mod cluster;
 mod dashboard;
 mod deployments;
 mod file_edges;

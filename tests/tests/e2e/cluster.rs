@@ -1,0 +1,302 @@
+//! Several relays as one, on a real `nats-server -js`: an agent on relay A
+//! and a browser on relay C; A killed with SIGKILL while lines are
+//! written; the agent fails over to B; every line reaches C exactly once,
+//! in order; a browser of A resumes on B with `since`; deployments and
+//! `/api/hosts` agree across relays; NATS itself going away degrades the
+//! relays without losing a line.
+
+use std::time::{Duration, Instant};
+
+use o1_tests::*;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(20);
+
+fn agent_extra(log: &std::path::Path, relays: &[&Relay]) -> String {
+    let addresses: Vec<String> = relays.iter().map(|r| format!("\"{}\"", r.uplink)).collect();
+    format!(
+        "[relay]\naddresses = [{}]\nack_timeout_ms = 1000\n\n[metrics]\ninterval_ms = 500\n\n[logs]\nstart_at = \"beginning\"\n\n[[application]]\nname = \"web\"\nlogs = [\"{}\"]\n",
+        addresses.join(", "),
+        log.display()
+    )
+}
+
+/// Subscribes; returns the ack (with `epoch`).
+async fn subscribe(ws: &mut WsClient, request: Value) -> Value {
+    ws.send_json(request).await.unwrap();
+    let ack = ws.recv_json(T).await.unwrap();
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    ack
+}
+
+/// Reads numbered lines (and their offsets) until line `last`.
+async fn lines_until(ws: &mut WsClient, last: u64, seen: &mut Vec<(u64, u64)>) {
+    while seen.last().map(|(n, _)| *n) != Some(last) {
+        let message = ws.recv_json(T).await.unwrap();
+        assert_ne!(message["type"], "gap", "nothing was lost: {message}");
+        if let Some(n) = line_number(&message) {
+            seen.push((n, message["offset"].as_u64().expect("offset")));
+        }
+    }
+}
+
+async fn hosts(relay: &Relay) -> Value {
+    let mut hosts = get_json(&relay.url("/api/hosts")).await.unwrap()["hosts"].clone();
+    // `lastSeen` moves with every batch; the rest must agree.
+    for host in hosts.as_array_mut().unwrap() {
+        host.as_object_mut().unwrap().remove("lastSeen");
+        for app in host["applications"].as_array_mut().unwrap() {
+            app.as_object_mut().unwrap().remove("lastSeen");
+        }
+    }
+    hosts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_relays_on_nats_deliver_every_line_once_across_a_relay_killed_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path()).unwrap();
+    let nats = Nats::start(&dir.path().join("nats")).unwrap();
+    let mut a = Relay::start(&dir.path().join("a"), &pki, &nats.relay_config("a")).unwrap();
+    let b = Relay::start(&dir.path().join("b"), &pki, &nats.relay_config("b")).unwrap();
+    let c = Relay::start(&dir.path().join("c"), &pki, &nats.relay_config("c")).unwrap();
+    for relay in [&a, &b, &c] {
+        wait_healthy(relay).await.unwrap();
+    }
+    let log = dir.path().join("web.log");
+    std::fs::write(&log, "").unwrap();
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        &pki,
+        &a,
+        "web-01",
+        &agent_extra(&log, &[&a, &b]),
+    )
+    .unwrap();
+    // Every relay lists the host, connected, the same way (from the
+    // cluster's bucket, whichever relay the agent is on).
+    for relay in [&a, &b, &c] {
+        wait_for_host(relay, "web-01").await.unwrap();
+    }
+    let listed = eventually(T, || async {
+        let (ha, hb, hc) = (hosts(&a).await, hosts(&b).await, hosts(&c).await);
+        (ha == hb && hb == hc && ha.as_array().is_some_and(|h| h.len() == 1)).then_some(ha)
+    })
+    .await
+    .expect("/api/hosts agrees on all three relays");
+    assert_eq!(listed[0]["host"], "web-01");
+    assert_eq!(listed[0]["connected"], true);
+
+    let subscription = json!({"type": "subscribe-logs", "host": "web-01", "application": "web"});
+    let mut on_c = WsClient::connect(&c.ws_url()).await.unwrap();
+    let epoch_c = subscribe(&mut on_c, subscription.clone()).await["epoch"].clone();
+    let mut on_a = WsClient::connect(&a.ws_url()).await.unwrap();
+    let epoch_a = subscribe(&mut on_a, subscription.clone()).await["epoch"].clone();
+    assert_eq!(epoch_a, epoch_c, "one history, one epoch");
+
+    let total = 3000u64;
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for n in 0..total {
+                append_numbered(&log, n, n + 1).unwrap();
+                std::thread::sleep(Duration::from_micros(700));
+            }
+        })
+    };
+    // The browser on A sees a prefix; then A dies.
+    let mut seen_on_a = Vec::new();
+    lines_until(&mut on_a, 799, &mut seen_on_a).await;
+    let killed_at = Instant::now();
+    a.kill();
+    while let Ok(message) = on_a.recv_json(Duration::from_millis(300)).await {
+        if let Some(n) = line_number(&message) {
+            seen_on_a.push((n, message["offset"].as_u64().unwrap()));
+        }
+    }
+    // The browser on C: every line once, in order, through the failover.
+    let mut seen_on_c = Vec::new();
+    lines_until(&mut on_c, total - 1, &mut seen_on_c).await;
+    writer.join().unwrap();
+    let numbers: Vec<u64> = seen_on_c.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        numbers,
+        (0..total).collect::<Vec<_>>(),
+        "every line exactly once, in order, on C"
+    );
+    assert!(
+        seen_on_c.windows(2).all(|w| w[1].1 > w[0].1),
+        "offsets grow"
+    );
+    let agent_log = agent.log();
+    assert!(
+        agent_log.contains(&format!("connected to the relay relay={}", b.uplink))
+            || agent_log.contains(&b.uplink.to_string()),
+        "the agent moved to B: {agent_log}"
+    );
+    eprintln!(
+        "failover: all {total} lines on C {:?} after the kill",
+        killed_at.elapsed()
+    );
+    // Nothing arrives twice afterwards either.
+    assert!(
+        on_c.recv_json(Duration::from_millis(500)).await.is_err()
+            || on_c.recv_json(Duration::from_millis(10)).await.is_err(),
+        "no repeats after the last line"
+    );
+
+    // The browser of A resumes on B with the offset A gave it.
+    let numbers_a: Vec<u64> = seen_on_a.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers_a, (0..numbers_a.len() as u64).collect::<Vec<_>>());
+    let (last_on_a, offset_on_a) = *seen_on_a.last().unwrap();
+    let mut on_b = WsClient::connect(&b.ws_url()).await.unwrap();
+    let mut resume = subscription.clone();
+    resume["since"] = json!({"offset": offset_on_a, "epoch": epoch_a});
+    subscribe(&mut on_b, resume).await;
+    let mut resumed = Vec::new();
+    lines_until(&mut on_b, total - 1, &mut resumed).await;
+    let numbers: Vec<u64> = resumed.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        numbers,
+        (last_on_a + 1..total).collect::<Vec<_>>(),
+        "exactly what A had not delivered, from B"
+    );
+
+    // A deployment created on B is followed on C.
+    let token = Some(pki.token.as_str());
+    let id = "deploy-20261128-120000";
+    let (status, created) = post_with(
+        &b.url("/api/deployments"),
+        token,
+        json!({"deploymentId": id, "application": "web", "hosts": ["web-01"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{created}");
+    let mut follower = WsClient::connect(&c.ws_url()).await.unwrap();
+    subscribe(&mut follower, json!({"type": "subscribe", "deploymentId": id})).await;
+    let first = follower.recv_json(T).await.unwrap();
+    assert_eq!(first["type"], "deployment", "{first}");
+    assert_eq!(first["status"], "pending");
+    let (status, _) = post_with(
+        &b.url(&format!("/api/deployments/{id}/events")),
+        token,
+        json!({"status": "running", "progress": 40, "message": "Building",
+               "logs": [{"message": "step one"}], "host": "web-01"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = post_with(
+        &c.url(&format!("/api/deployments/{id}/events")),
+        token,
+        json!({"status": "completed", "message": "Done"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let mut kinds = Vec::new();
+    while kinds.last() != Some(&"status".to_owned()) {
+        let message = follower.recv_json(T).await.unwrap();
+        kinds.push(message["type"].as_str().unwrap_or_default().to_owned());
+        if message["type"] == "deployment" {
+            assert!(message["offset"].as_u64().is_some(), "{message}");
+        }
+    }
+    assert!(kinds.contains(&"log".to_owned()), "{kinds:?}");
+    let on_c = get_json(&c.url(&format!("/api/deployments/{id}")))
+        .await
+        .unwrap();
+    let on_b = get_json(&b.url(&format!("/api/deployments/{id}")))
+        .await
+        .unwrap();
+    assert_eq!(on_c, on_b, "REST answers the same on every relay");
+    assert_eq!(on_c["status"], "completed");
+    // The same id again, on another relay: taken cluster-wide.
+    let (status, _) = post_with(
+        &c.url("/api/deployments"),
+        token,
+        json!({"deploymentId": id, "application": "web", "hosts": ["web-01"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 409);
+
+    // B and C agree on the hosts after the failover.
+    eventually(T, || async {
+        let (hb, hc) = (hosts(&b).await, hosts(&c).await);
+        (hb == hc && hb[0]["connected"] == true).then_some(())
+    })
+    .await
+    .expect("/api/hosts agrees on B and C");
+    let stats = get_json(&c.url("/api/websocket/stats")).await.unwrap();
+    assert_eq!(stats["cluster"]["healthy"], true, "{stats}");
+    assert!(stats["cluster"]["appliedSequence"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_nats_the_relay_is_degraded_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path()).unwrap();
+    let mut nats = Nats::start(&dir.path().join("nats")).unwrap();
+    let relay = Relay::start(&dir.path().join("a"), &pki, &nats.relay_config("a")).unwrap();
+    wait_healthy(&relay).await.unwrap();
+    let log = dir.path().join("web.log");
+    std::fs::write(&log, "").unwrap();
+    let _agent = Agent::start(
+        &dir.path().join("agent"),
+        &pki,
+        &relay,
+        "web-01",
+        &agent_extra(&log, &[&relay]),
+    )
+    .unwrap();
+    wait_for_host(&relay, "web-01").await.unwrap();
+    let mut ws = WsClient::connect(&relay.ws_url()).await.unwrap();
+    subscribe(
+        &mut ws,
+        json!({"type": "subscribe-logs", "host": "web-01", "application": "web"}),
+    )
+    .await;
+    append_numbered(&log, 0, 100).unwrap();
+    let mut seen = Vec::new();
+    lines_until(&mut ws, 99, &mut seen).await;
+
+    nats.kill();
+    let health = eventually(T, || async {
+        let response = reqwest::get(relay.url("/api/websocket/health")).await.ok()?;
+        let code = response.status().as_u16();
+        let body: Value = response.json().await.ok()?;
+        (body["status"] == "degraded").then_some((code, body))
+    })
+    .await
+    .expect("health reports degraded");
+    assert_eq!(health.0, 503);
+    assert!(
+        health.1["reason"].as_str().unwrap_or_default().contains("NATS"),
+        "{}",
+        health.1
+    );
+    // Written while NATS is away: spooled by the agent, not acked.
+    append_numbered(&log, 100, 300).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The browser stays connected; nothing from the outage arrives yet.
+    assert!(
+        ws.recv_json(Duration::from_millis(200)).await.is_err()
+            || ws.send_json(json!({"type": "ping"})).await.is_ok()
+    );
+    nats.restart().unwrap();
+    wait_healthy(&relay).await.unwrap();
+    lines_until(&mut ws, 299, &mut seen).await;
+    let numbers: Vec<u64> = seen.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        numbers,
+        (0..300).collect::<Vec<_>>(),
+        "every line once, in order, across the outage"
+    );
+    assert!(
+        relay.log().contains("NATS"),
+        "the relay logged the outage: {}",
+        relay.log()
+    );
+}
