@@ -484,10 +484,29 @@ impl ClusterLink {
                 }
             };
             let mut messages = std::pin::pin!(messages);
-            while let Some(next) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = messages.next() => next,
-            } {
+            // A consumer that stops delivering while the stream grows (the
+            // server restarted, the connection came back) is made again
+            // from the next sequence to apply.
+            let mut check = tokio::time::interval(Duration::from_secs(1));
+            let mut stalled_checks = 0;
+            let mut applied_at_check = self.applied();
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = messages.next() => next,
+                    _ = check.tick() => {
+                        let applied = self.applied();
+                        let behind = self.figures.stream_last_sequence.load(Ordering::Relaxed) > applied;
+                        stalled_checks = if behind && applied == applied_at_check { stalled_checks + 1 } else { 0 };
+                        applied_at_check = applied;
+                        if stalled_checks >= 3 {
+                            tracing::warn!(applied, "the cluster stream's consumer stalled; following again");
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let Some(next) = next else { break };
                 let (sequence, envelope) = match next {
                     Ok(next) => next,
                     Err(error) => {

@@ -287,6 +287,10 @@ async fn without_nats_the_relay_is_degraded_and_nothing_is_lost() {
     );
     nats.restart().unwrap();
     wait_healthy(&relay).await.unwrap();
+    if std::env::var("O1_DEBUG_CLUSTER").is_ok() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        eprintln!("RELAY:\n{}\nAGENT:\n{}", relay.log(), _agent.log());
+    }
     lines_until(&mut ws, 299, &mut seen).await;
     let numbers: Vec<u64> = seen.iter().map(|(n, _)| *n).collect();
     assert_eq!(
