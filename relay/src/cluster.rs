@@ -285,10 +285,16 @@ impl ClusterLink {
         if let Some(id) = message_id {
             message = message.message_id(id);
         }
-        cluster.js.send_publish(subject, message).await.map_err(|e| {
-            self.figures.publish_failures.fetch_add(1, Ordering::Relaxed);
-            nats(e)
-        })
+        cluster
+            .js
+            .send_publish(subject, message)
+            .await
+            .map_err(|e| {
+                self.figures
+                    .publish_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                nats(e)
+            })
     }
 
     async fn confirm(
@@ -299,11 +305,15 @@ impl ClusterLink {
         let ack = match tokio::time::timeout(timeout, pending.into_future()).await {
             Ok(Ok(ack)) => ack,
             Ok(Err(error)) => {
-                self.figures.publish_failures.fetch_add(1, Ordering::Relaxed);
+                self.figures
+                    .publish_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(nats(error));
             }
             Err(_) => {
-                self.figures.publish_failures.fetch_add(1, Ordering::Relaxed);
+                self.figures
+                    .publish_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(ClusterError::Timeout(self.config.publish_timeout_ms));
             }
         };
@@ -365,7 +375,10 @@ impl ClusterLink {
     }
 
     /// Reserves a deployment id cluster-wide; `false`: another relay has it.
-    pub async fn reserve_deployment(&self, record: &DeploymentRecord) -> Result<bool, ClusterError> {
+    pub async fn reserve_deployment(
+        &self,
+        record: &DeploymentRecord,
+    ) -> Result<bool, ClusterError> {
         let cluster = self.cluster()?;
         let value = Bytes::from(serde_json::to_vec(record).map_err(nats)?);
         match cluster
@@ -529,7 +542,9 @@ impl ClusterLink {
                         });
                     }
                 }
-                self.figures.applied_messages.fetch_add(1, Ordering::Relaxed);
+                self.figures
+                    .applied_messages
+                    .fetch_add(1, Ordering::Relaxed);
                 self.applied.send_replace(sequence);
                 if !self.caught_up.load(Ordering::Relaxed) && sequence >= end_at_start {
                     self.caught_up.store(true, Ordering::Relaxed);
@@ -579,7 +594,11 @@ impl ClusterLink {
 
     /// Writes this relay's changed hosts and deployments to the buckets,
     /// and refreshes its connected hosts every `heartbeat_secs`.
-    async fn write_buckets(self: Arc<Self>, inventory: Arc<Inventory>, shutdown: CancellationToken) {
+    async fn write_buckets(
+        self: Arc<Self>,
+        inventory: Arc<Inventory>,
+        shutdown: CancellationToken,
+    ) {
         let Ok(cluster) = self.cluster() else { return };
         let mut heartbeat = tokio::time::interval(Duration::from_secs(self.config.heartbeat_secs));
         loop {
@@ -678,7 +697,10 @@ type Messages = std::pin::Pin<
 async fn ordered(
     stream: &stream::Stream,
     from: u64,
-) -> Result<impl futures_util::Stream<Item = Result<(u64, Envelope), ClusterError>> + Send + use<>, ClusterError> {
+) -> Result<
+    impl futures_util::Stream<Item = Result<(u64, Envelope), ClusterError>> + Send + use<>,
+    ClusterError,
+> {
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -781,8 +803,7 @@ fn split(items: &[Item]) -> Vec<(Kind<'_>, Vec<Item>)> {
         };
         let at = match index.get(&key) {
             Some(&at)
-                if sizes[at] + size <= PART_BYTES
-                    && (parts[at].1.len() as u64) < OFFSET_SCALE =>
+                if sizes[at] + size <= PART_BYTES && (parts[at].1.len() as u64) < OFFSET_SCALE =>
             {
                 at
             }
@@ -875,7 +896,10 @@ async fn connect(
 /// Opens a key-value bucket, making it first if needed. Its stream is
 /// made here as `create_key_value` would (NATS 2.9's account information,
 /// which that call reads first, is older than the client expects).
-async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {
+async fn open_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, ClusterError> {
     if let Ok(store) = js.get_key_value(&config.bucket).await {
         return Ok(store);
     }

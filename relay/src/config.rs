@@ -468,7 +468,10 @@ impl RelayConfig {
             "cluster.duplicate_window_secs",
             self.cluster.duplicate_window_secs,
         )?;
-        positive("cluster.publish_timeout_ms", self.cluster.publish_timeout_ms)?;
+        positive(
+            "cluster.publish_timeout_ms",
+            self.cluster.publish_timeout_ms,
+        )?;
         positive("cluster.heartbeat_secs", self.cluster.heartbeat_secs)?;
         let token_name = |name: &str| {
             !name.is_empty()

@@ -44,17 +44,22 @@ pub enum AppendError {
 /// Reads the journal from an offset.
 #[derive(Debug)]
 pub enum Reader {
-    Disk(LogReader),
+    Disk(Box<LogReader>),
     Cluster(Box<ClusterReader>),
 }
 
 impl Reader {
     /// Up to `max` records that end after the start offset and begin
     /// before `to`; `Err` when the journal lost what was to be read.
-    pub async fn next_chunk(self, to: u64, max: usize) -> (Option<Reader>, Result<Vec<Record>, String>) {
+    pub async fn next_chunk(
+        self,
+        to: u64,
+        max: usize,
+    ) -> (Option<Reader>, Result<Vec<Record>, String>) {
         match self {
-            Reader::Disk(mut reader) => {
+            Reader::Disk(reader) => {
                 let step = tokio::task::spawn_blocking(move || {
+                    let mut reader = reader;
                     let records = reader.next_chunk(to, max).map_err(|e| e.to_string());
                     (reader, records)
                 })
@@ -77,7 +82,7 @@ impl Hub {
     /// only) or it cannot be read now.
     pub async fn reader(&self, offset: u64) -> Option<Reader> {
         if let Some(store) = self.store() {
-            return store.reader(offset).ok().map(Reader::Disk);
+            return store.reader(offset).ok().map(|r| Reader::Disk(Box::new(r)));
         }
         let cluster = self.cluster()?;
         cluster

@@ -52,7 +52,8 @@ enum Mode {
         connections: usize,
     },
     Fanout {
-        /// WebSocket URL to subscribe to.
+        /// WebSocket URL to subscribe to; several, separated by commas,
+        /// spread the subscribers over them (relays of a cluster).
         #[arg(long)]
         url: String,
         #[arg(long, default_value_t = 100)]
@@ -443,7 +444,8 @@ async fn replay_stall(
     search: Option<String>,
 ) -> Result<()> {
     let endpoint = o1_agent::uplink::endpoint(&settings)?;
-    let mut session = o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
+    let mut session =
+        o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
     let mut sequence = 0u64;
     let batch = |sequence: u64, application: String, n: usize| {
         let items = (0..n)
@@ -742,8 +744,9 @@ async fn fanout(
     ));
     let is_o1 = matches!(publisher, Publisher::O1 { .. });
     let mut tasks = Vec::new();
-    for _ in 0..subscribers {
-        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    let urls: Vec<&str> = url.split(',').collect();
+    for i in 0..subscribers {
+        let (mut socket, _) = tokio_tungstenite::connect_async(urls[i % urls.len()]).await?;
         if is_o1 {
             socket
                 .send(Message::text(
@@ -792,7 +795,8 @@ async fn fanout(
         Publisher::O1 { uplink, ca, token } => {
             let settings = agent_settings(&uplink, &ca, &token, "bench-host", "bench");
             let endpoint = o1_agent::uplink::endpoint(&settings)?;
-            let mut session = o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
+            let mut session =
+                o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
             let mut sequence = 0u64;
             let mut sent = 0u64;
             while sent < messages {
@@ -881,7 +885,8 @@ async fn ingest(
         let settings = agent_settings(uplink, ca, token, &format!("ingest-{a}"), "app");
         tasks.push(tokio::spawn(async move {
             let endpoint = o1_agent::uplink::endpoint(&settings)?;
-            let mut session = o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
+            let mut session =
+                o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
             let line = "x".repeat(100);
             // Pre-encode one frame body per batch size; only the sequence differs.
             let mut sequence = 0u64;

@@ -620,7 +620,8 @@ impl SimAgent {
     pub async fn connect(relay: &Relay, pki: &Pki, host: &str) -> Result<SimAgent> {
         let settings = sim_settings(relay, pki, host, &pki.token);
         let endpoint = o1_agent::uplink::endpoint(&settings)?;
-        let session = o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
+        let session =
+            o1_agent::uplink::connect(&endpoint, &settings, &settings.addresses[0]).await?;
         Ok(SimAgent {
             endpoint,
             session,
@@ -887,7 +888,8 @@ impl SimAgent {
         settings: &o1_agent::uplink::UplinkSettings,
     ) -> std::result::Result<SimAgent, o1_agent::uplink::UplinkError> {
         let endpoint = o1_agent::uplink::endpoint(settings)?;
-        let session = o1_agent::uplink::connect(&endpoint, settings, &settings.addresses[0]).await?;
+        let session =
+            o1_agent::uplink::connect(&endpoint, settings, &settings.addresses[0]).await?;
         Ok(SimAgent {
             endpoint,
             session,

@@ -1072,9 +1072,7 @@ impl Hub {
         };
         // Resuming: only what changed after `since` (of this epoch); a
         // `gap` first when lines after it are no longer kept.
-        let after = since
-            .filter(|s| s.epoch == self.epoch())
-            .map(|s| s.offset);
+        let after = since.filter(|s| s.epoch == self.epoch()).map(|s| s.offset);
         let gap = match (since, after) {
             (Some(_), None) => true,
             (_, Some(after)) => deployment.evicted_through.is_some_and(|e| e > after),

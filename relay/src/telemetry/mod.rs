@@ -105,15 +105,36 @@ struct ScrapedGauges {
 }
 
 const CLUSTER_GAUGES: [(&str, &str); 9] = [
-    ("o1_cluster_healthy", "1 when connected to NATS JetStream and caught up (clustered relays)."),
-    ("o1_cluster_applied_sequence", "The last stream sequence this relay applied."),
-    ("o1_cluster_stream_last_sequence", "The stream's last sequence."),
-    ("o1_cluster_lag_messages", "Messages stored in the stream but not yet applied here."),
+    (
+        "o1_cluster_healthy",
+        "1 when connected to NATS JetStream and caught up (clustered relays).",
+    ),
+    (
+        "o1_cluster_applied_sequence",
+        "The last stream sequence this relay applied.",
+    ),
+    (
+        "o1_cluster_stream_last_sequence",
+        "The stream's last sequence.",
+    ),
+    (
+        "o1_cluster_lag_messages",
+        "Messages stored in the stream but not yet applied here.",
+    ),
     ("o1_cluster_stream_bytes", "Bytes the stream holds."),
     ("o1_cluster_consumers", "Consumers on the stream."),
-    ("o1_cluster_published_messages", "Messages this relay published to the stream."),
-    ("o1_cluster_publish_failures", "Publishes JetStream did not confirm (agents not acked)."),
-    ("o1_cluster_duplicates", "Resent batch parts JetStream dropped by message id."),
+    (
+        "o1_cluster_published_messages",
+        "Messages this relay published to the stream.",
+    ),
+    (
+        "o1_cluster_publish_failures",
+        "Publishes JetStream did not confirm (agents not acked).",
+    ),
+    (
+        "o1_cluster_duplicates",
+        "Resent batch parts JetStream dropped by message id.",
+    ),
 ];
 
 impl Default for Stats {

@@ -174,7 +174,11 @@ async fn three_relays_on_nats_deliver_every_line_once_across_a_relay_killed_mid_
     .unwrap();
     assert_eq!(status, 201, "{created}");
     let mut follower = WsClient::connect(&c.ws_url()).await.unwrap();
-    subscribe(&mut follower, json!({"type": "subscribe", "deploymentId": id})).await;
+    subscribe(
+        &mut follower,
+        json!({"type": "subscribe", "deploymentId": id}),
+    )
+    .await;
     let first = follower.recv_json(T).await.unwrap();
     assert_eq!(first["type"], "deployment", "{first}");
     assert_eq!(first["status"], "pending");
@@ -264,7 +268,9 @@ async fn without_nats_the_relay_is_degraded_and_nothing_is_lost() {
 
     nats.kill();
     let health = eventually(T, || async {
-        let response = reqwest::get(relay.url("/api/websocket/health")).await.ok()?;
+        let response = reqwest::get(relay.url("/api/websocket/health"))
+            .await
+            .ok()?;
         let code = response.status().as_u16();
         let body: Value = response.json().await.ok()?;
         (body["status"] == "degraded").then_some((code, body))
@@ -273,7 +279,10 @@ async fn without_nats_the_relay_is_degraded_and_nothing_is_lost() {
     .expect("health reports degraded");
     assert_eq!(health.0, 503);
     assert!(
-        health.1["reason"].as_str().unwrap_or_default().contains("NATS"),
+        health.1["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("NATS"),
         "{}",
         health.1
     );
