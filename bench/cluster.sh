@@ -71,8 +71,9 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # run LABEL URLS MESSAGES [--rate R]
 run() {
   local label=$1 urls=$2 messages=$3; shift 3
-  local nats_before=0
+  local nats_before=0 before=()
   [ -n "${NATS:-}" ] && nats_before=$(ticks "$NATS")
+  for p in "${PIDS[@]}"; do before+=("$(ticks "$p")"); done
   local out
   out=$($BIN/o1-loadgen $(printf -- '--pid %s ' "${PIDS[@]}") fanout --url "$urls" \
     --subscribers "$SUBS" --messages "$messages" --size 200 \
@@ -80,10 +81,15 @@ run() {
   local nats_cpu="-"
   if [ -n "${NATS:-}" ]; then
     local delivered
-    delivered=$(sed -E 's/.*delivered=([0-9]+).*/\1/' <<< "$out")
+    delivered=$(sed -E 's/.* delivered=([0-9]+)\/.*/\1/' <<< "$out")
     nats_cpu=$(awk -v t=$(( $(ticks "$NATS") - nats_before )) -v d="$delivered" 'BEGIN { printf "%.2f", t / 100 / d * 1e6 }')
   fi
-  echo "$label $out nats_cpu_per_delivered=${nats_cpu}us"
+  local each="" i=0
+  for p in "${PIDS[@]}"; do
+    each+="$(awk -v t=$(( $(ticks "$p") - before[i] )) 'BEGIN { printf "%.2f", t / 100 }')s,"
+    i=$((i + 1))
+  done
+  echo "$label $out nats_cpu_per_delivered=${nats_cpu}us relay_cpu_each=${each%,}"
 }
 
 for r in $(seq "$RUNS"); do

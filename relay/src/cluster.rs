@@ -486,7 +486,7 @@ impl ClusterLink {
         }
         let started = Instant::now();
         loop {
-            let messages = match ordered(&cluster.stream, self.applied() + 1).await {
+            let messages = match ordered(cluster, self.applied() + 1).await {
                 Ok(messages) => messages,
                 Err(error) => {
                     tracing::warn!(%error, "cannot follow the cluster stream; retrying");
@@ -671,7 +671,7 @@ impl ClusterLink {
     pub async fn reader(&self, offset: u64) -> Result<ClusterReader, ClusterError> {
         let cluster = self.cluster()?;
         let first = offset / OFFSET_SCALE;
-        let messages = ordered(&cluster.stream, first.max(1)).await?;
+        let messages = ordered(cluster, first.max(1)).await?;
         Ok(ClusterReader {
             messages: Box::pin(messages),
             pending: None,
@@ -692,17 +692,22 @@ type Messages = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = Result<(u64, Envelope), ClusterError>> + Send>,
 >;
 
-/// An ordered consumer (recreated by the client after a failure, never
-/// skipping) from stream sequence `from`, decoded.
+/// An ordered push consumer (flow-controlled, recreated by the client
+/// after a gap, never skipping) from stream sequence `from`, decoded. Push,
+/// not pull: a pull consumer fed one message at a time asks again for
+/// every message, which cost NATS several times the CPU per message
+/// (BENCHMARKS.md, "Several relays on NATS").
 async fn ordered(
-    stream: &stream::Stream,
+    cluster: &Cluster,
     from: u64,
 ) -> Result<
     impl futures_util::Stream<Item = Result<(u64, Envelope), ClusterError>> + Send + use<>,
     ClusterError,
 > {
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
+    let consumer = cluster
+        .stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: cluster.client.new_inbox(),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from.max(1),
             },

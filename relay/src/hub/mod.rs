@@ -1244,6 +1244,13 @@ impl Hub {
                 message,
             } => {
                 let mut registry = self.lock_deployments();
+                if registry
+                    .get(deployment_id)
+                    .is_some_and(|d| d.offset >= offset)
+                {
+                    // Restored from the cluster's bucket, newer already.
+                    return 0;
+                }
                 match registry.create(
                     Some(deployment_id.to_owned()),
                     application.to_owned(),
