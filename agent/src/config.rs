@@ -81,7 +81,7 @@ impl Default for RelayConfig {
         RelayConfig {
             address: "127.0.0.1:4433".into(),
             addresses: Vec::new(),
-            ack_timeout_ms: 2_000,
+            ack_timeout_ms: 1_000,
             server_name: None,
             ca: None,
             token: String::new(),

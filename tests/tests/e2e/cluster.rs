@@ -95,6 +95,24 @@ async fn three_relays_on_nats_deliver_every_line_once_across_a_relay_killed_mid_
     assert_eq!(epoch_a, epoch_c, "one history, one epoch");
 
     let total = 3000u64;
+    // The longest wait between two lines on C is the pause a user sees.
+    let reader_on_c = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut longest_pause = Duration::ZERO;
+        let mut last_arrival = Instant::now();
+        while seen.last().map(|(n, _)| *n) != Some(total - 1) {
+            let message = on_c.recv_json(T).await.unwrap();
+            assert_ne!(message["type"], "gap", "nothing was lost: {message}");
+            if let Some(n) = line_number(&message) {
+                seen.push((n, message["offset"].as_u64().expect("offset")));
+                if n > 0 {
+                    longest_pause = longest_pause.max(last_arrival.elapsed());
+                }
+                last_arrival = Instant::now();
+            }
+        }
+        (seen, longest_pause, on_c)
+    });
     let writer = {
         let log = log.clone();
         std::thread::spawn(move || {
@@ -114,9 +132,9 @@ async fn three_relays_on_nats_deliver_every_line_once_across_a_relay_killed_mid_
             seen_on_a.push((n, message["offset"].as_u64().unwrap()));
         }
     }
-    // The browser on C: every line once, in order, through the failover.
-    let mut seen_on_c = Vec::new();
-    lines_until(&mut on_c, total - 1, &mut seen_on_c).await;
+    // The browser on C (read all along): every line once, in order,
+    // through the failover.
+    let (seen_on_c, longest_pause, mut on_c) = reader_on_c.await.unwrap();
     writer.join().unwrap();
     let numbers: Vec<u64> = seen_on_c.iter().map(|(n, _)| *n).collect();
     assert_eq!(
@@ -134,16 +152,15 @@ async fn three_relays_on_nats_deliver_every_line_once_across_a_relay_killed_mid_
             || agent_log.contains(&b.uplink.to_string()),
         "the agent moved to B: {agent_log}"
     );
+    // Measured, not asserted (BENCHMARKS.md, "Agent failover").
     eprintln!(
-        "failover: all {total} lines on C {:?} after the kill",
+        "failover: longest pause between lines on C {longest_pause:?}; all {total} lines on C {:?} after the kill",
         killed_at.elapsed()
     );
     // Nothing arrives twice afterwards either.
-    assert!(
-        on_c.recv_json(Duration::from_millis(500)).await.is_err()
-            || on_c.recv_json(Duration::from_millis(10)).await.is_err(),
-        "no repeats after the last line"
-    );
+    if let Ok(extra) = on_c.recv_json(Duration::from_millis(500)).await {
+        panic!("nothing after the last line, got {extra}");
+    }
 
     // The browser of A resumes on B with the offset A gave it.
     let numbers_a: Vec<u64> = seen_on_a.iter().map(|(n, _)| *n).collect();
@@ -289,11 +306,13 @@ async fn without_nats_the_relay_is_degraded_and_nothing_is_lost() {
     // Written while NATS is away: spooled by the agent, not acked.
     append_numbered(&log, 100, 300).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // The browser stays connected; nothing from the outage arrives yet.
-    assert!(
-        ws.recv_json(Duration::from_millis(200)).await.is_err()
-            || ws.send_json(json!({"type": "ping"})).await.is_ok()
-    );
+    // The browser stays connected; nothing from the outage arrives yet
+    // (decided: a relay serves no line it could not store in the stream).
+    if let Ok(early) = ws.recv_json(Duration::from_millis(300)).await {
+        panic!("no line before NATS is back, got {early}");
+    }
+    ws.send_json(json!({"type": "ping"})).await.unwrap();
+    assert_eq!(ws.recv_json(T).await.unwrap()["type"], "pong");
     nats.restart().unwrap();
     wait_healthy(&relay).await.unwrap();
     if std::env::var("O1_DEBUG_CLUSTER").is_ok() {
