@@ -155,21 +155,8 @@ impl Relay {
         );
         std::fs::write(&self.config, merge_toml(&text, &pinned)?)?;
         let dir = self.config.parent().context("config dir")?.to_owned();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match Self::spawn(&self.config, &dir) {
-                Ok(relay) => {
-                    let old = std::mem::replace(self, relay);
-                    std::mem::forget(old);
-                    return Ok(());
-                }
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let config = self.config.clone();
+        respawn(self, || Self::spawn(&config, &dir))
     }
 
     pub fn kill(&mut self) {
@@ -348,6 +335,24 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Result<std::process::Exit
             bail!("process {} did not exit within {timeout:?}", child.id());
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Replaces a killed process's handle with a fresh one from `spawn`,
+/// retrying for 10 s (its port may take a moment to be free again).
+fn respawn<T>(target: &mut T, mut spawn: impl FnMut() -> Result<T>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match spawn() {
+            Ok(fresh) => {
+                // The old one is dead already: dropping it would kill
+                // nothing but could reap a recycled pid.
+                std::mem::forget(std::mem::replace(target, fresh));
+                return Ok(());
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -978,21 +983,8 @@ impl Nats {
     /// Starts again on the same port with the same store.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match Self::spawn(&self.dir, Some(self.port)) {
-                Ok(nats) => {
-                    let old = std::mem::replace(self, nats);
-                    std::mem::forget(old);
-                    return Ok(());
-                }
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let (dir, port) = (self.dir.clone(), self.port);
+        respawn(self, || Self::spawn(&dir, Some(port)))
     }
 }
 

@@ -640,22 +640,10 @@ async fn route(
         now,
         MAX_APPLICATIONS_PER_HOST,
     );
-    let refused_items = if refused.is_empty() {
-        state
-            .hub
-            .append_batch(
-                &hello.host,
-                &hello.agent_id,
-                batch.sequence,
-                &batch.items,
-                &credential.scope,
-                ingested_at,
-                now,
-            )
-            .await?;
-        0
+    let admitted: std::borrow::Cow<'_, [wire::Item]> = if refused.is_empty() {
+        std::borrow::Cow::Borrowed(&batch.items)
     } else {
-        let admitted: Vec<wire::Item> = batch
+        batch
             .items
             .iter()
             .filter(|item| match item {
@@ -664,21 +652,21 @@ async fn route(
                 wire::Item::Deployment(_) => true,
             })
             .cloned()
-            .collect();
-        state
-            .hub
-            .append_batch(
-                &hello.host,
-                &hello.agent_id,
-                batch.sequence,
-                &admitted,
-                &credential.scope,
-                ingested_at,
-                now,
-            )
-            .await?;
-        batch.items.len() - admitted.len()
+            .collect()
     };
+    state
+        .hub
+        .append_batch(
+            &hello.host,
+            &hello.agent_id,
+            batch.sequence,
+            &admitted,
+            &credential.scope,
+            ingested_at,
+            now,
+        )
+        .await?;
+    let refused_items = batch.items.len() - admitted.len();
     if refused_items > 0 {
         state.stats.processing_errors.inc_by(refused_items as u64);
         warn_limited!(uplink.log, "applications", host = ?hello.host, refused_items, "items of applications over the limit (or with invalid names) refused: at most 256 applications of 1-256 bytes per host");
