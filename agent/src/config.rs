@@ -487,6 +487,11 @@ mod tests {
                 "[[application]]\nname = \"a\"\njournal = { unit = [\"a\"] }\n",
                 "unit",
             ),
+            (
+                "[relay]\naddresses = [\"a:1\", \"nowhere\"]\n",
+                "relay.addresses",
+            ),
+            ("[relay]\nack_timeout_ms = 5\n", "relay.ack_timeout_ms"),
         ];
         for (text, key) in table {
             let error = load(text).expect_err(text).to_string();
@@ -506,5 +511,19 @@ mod tests {
         assert_eq!(config.host_name(), "web-1");
         assert_eq!(config.applications[0].multiline, Multiline::Indented);
         assert_eq!(config.interval(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn several_relays_are_tried_in_order_and_one_address_still_works() {
+        let one = load("[relay]\naddress = \"r:4433\"\n").unwrap();
+        assert_eq!(
+            crate::uplink_settings(&one, "id".into()).addresses,
+            ["r:4433"]
+        );
+        let several = load("[relay]\naddresses = [\"a:4433\", \"b:4433\"]\n").unwrap();
+        assert_eq!(
+            crate::uplink_settings(&several, "id".into()).addresses,
+            ["a:4433", "b:4433"]
+        );
     }
 }

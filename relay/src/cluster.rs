@@ -410,12 +410,17 @@ impl ClusterLink {
     }
 
     /// Every relay's hosts, as `/api/hosts` serves them: a host whose
-    /// relay stopped refreshing it is shown disconnected.
-    pub fn hosts(&self, now: Timestamp) -> Vec<HostView> {
+    /// relay stopped refreshing it is shown disconnected; one not seen
+    /// for `forget` leaves the list (`uplink.forget_hosts_after_secs`).
+    pub fn hosts(&self, now: Timestamp, forget: Duration) -> Vec<HostView> {
         let stale = now.unix_millis - 3 * 1000 * self.config.heartbeat_secs as i64;
+        let forgotten = now
+            .unix_millis
+            .saturating_sub(i64::try_from(forget.as_millis()).unwrap_or(i64::MAX));
         self.hosts
             .lock()
             .values()
+            .filter(|record| record.view.last_seen.unix_millis >= forgotten)
             .map(|record| {
                 let mut view = record.view.clone();
                 if view.connected && record.heartbeat_ms < stale {

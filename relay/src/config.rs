@@ -312,8 +312,9 @@ impl Default for ShutdownConfig {
 }
 
 /// `[cluster]`: several relays sharing one NATS JetStream. Unset
-/// `nats_url`: one relay on its own (the default).
-#[derive(Debug, Clone, Deserialize)]
+/// `nats_url`: one relay on its own (the default). `Debug` leaves the
+/// password and token out.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// `nats://host:4222`, or several separated by commas.
@@ -345,6 +346,24 @@ pub struct ClusterConfig {
     /// bucket; a host not refreshed for three times this is shown
     /// disconnected (its relay died).
     pub heartbeat_secs: u64,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
+        f.debug_struct("ClusterConfig")
+            .field("nats_url", &self.nats_url)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("name", &self.name)
+            .field("credentials_file", &self.credentials_file)
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .field("tls_ca", &self.tls_ca)
+            .field("replicas", &self.replicas)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClusterConfig {
@@ -634,6 +653,10 @@ mod tests {
                 "http.allowed_origins",
             ),
             ("[nonsense]\n", "nonsense"),
+            ("[cluster]\nstream = \"a.b\"\n", "cluster.stream"),
+            ("[cluster]\nreplicas = 0\n", "cluster.replicas"),
+            ("[cluster]\ntls_cert = \"/x\"\n", "cluster.tls_cert"),
+            ("[cluster]\nnats = \"x\"\n", "nats"),
         ];
         for (text, key) in table {
             let error = load_text(text, &[]).unwrap_err().to_string();
@@ -642,6 +665,21 @@ mod tests {
                 "{text:?}: `{error}` does not name {key}"
             );
         }
+    }
+
+    #[test]
+    fn the_cluster_password_and_token_stay_out_of_debug_output() {
+        let config = load_text(
+            "[cluster]\nnats_url = \"nats://n:4222\"\npassword = \"hunter2\"\ntoken = \"s3cret\"\n",
+            &[],
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(shown.contains("nats://n:4222"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]

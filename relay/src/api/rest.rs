@@ -247,7 +247,10 @@ pub async fn hosts(
     let caller = access::reader(&state, &headers, client(&state, peer, &headers))?;
     // Clustered: every relay's hosts, from the cluster's bucket.
     let mut hosts = match state.hub.cluster() {
-        Some(cluster) => cluster.hosts(Timestamp::now()),
+        Some(cluster) => cluster.hosts(
+            Timestamp::now(),
+            std::time::Duration::from_secs(state.config.uplink.forget_hosts_after_secs),
+        ),
         None => state.inventory.snapshot(),
     };
     hosts.retain(|h| caller.scope.allows(&h.host));
