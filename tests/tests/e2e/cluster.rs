@@ -254,6 +254,17 @@ async fn three_relays_on_nats_deliver_every_line_once_across_a_relay_killed_mid_
     let stats = get_json(&c.url("/api/websocket/stats")).await.unwrap();
     assert_eq!(stats["cluster"]["healthy"], true, "{stats}");
     assert!(stats["cluster"]["appliedSequence"].as_u64().unwrap() > 0);
+    assert!(stats["cluster"]["duplicates"].as_u64().is_some());
+    let applied = metric_value_with(&c, "o1_cluster_applied_sequence", token)
+        .await
+        .unwrap();
+    assert!(applied > 0.0, "/metrics has the cluster's figures");
+    assert_eq!(
+        metric_value_with(&c, "o1_cluster_healthy", token)
+            .await
+            .unwrap(),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
