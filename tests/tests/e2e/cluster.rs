@@ -398,3 +398,49 @@ async fn garbage_in_the_stream_is_skipped_and_a_restarted_relay_rebuilds_from_it
     assert_eq!(numbers, (90..100).collect::<Vec<_>>());
     wait_for_host(&b, "web-01").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_started_before_nats_serves_degraded_then_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path()).unwrap();
+    let mut nats = Nats::start(&dir.path().join("nats")).unwrap();
+    nats.kill();
+    let relay = Relay::start(&dir.path().join("a"), &pki, &nats.relay_config("a")).unwrap();
+    // Up and answering, but degraded: nothing could be stored.
+    eventually(T, || async {
+        let body = get_json(&relay.url("/api/websocket/health")).await.ok()?;
+        let unreachable = body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("NATS unreachable"));
+        (body["status"] == "degraded" && unreachable).then_some(())
+    })
+    .await
+    .expect("health says NATS is unreachable");
+    // An agent is turned away with the reason, and keeps its data.
+    let refused = SimAgent::connect(&relay, &pki, "web-01").await;
+    let reason = match refused {
+        Ok(mut agent) => agent
+            .send(vec![log_item("app", o1_common::Level::Info, "x")])
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        Err(e) => e.to_string(),
+    };
+    assert!(reason.contains("relay degraded"), "{reason}");
+    nats.restart().unwrap();
+    wait_healthy(&relay).await.unwrap();
+    let mut agent = SimAgent::connect(&relay, &pki, "web-01").await.unwrap();
+    let mut ws = WsClient::connect(&relay.ws_url()).await.unwrap();
+    subscribe(&mut ws, json!({"type": "subscribe-logs", "host": "web-01"})).await;
+    agent
+        .send(vec![log_item(
+            "app",
+            o1_common::Level::Info,
+            "line 00000001 after NATS came",
+        )])
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    lines_until(&mut ws, 1, &mut seen).await;
+}
