@@ -392,6 +392,15 @@ impl ClusterLink {
         }
     }
 
+    /// Gives back a reserved id whose creation could not be published.
+    pub async fn release_deployment(&self, id: &str) {
+        if let Ok(cluster) = self.cluster()
+            && let Err(error) = cluster.deployments.delete(token(id)).await
+        {
+            tracing::warn!(%error, deployment = %id, "cannot release a deployment id in the bucket");
+        }
+    }
+
     /// Notes a deployment this relay changed, for the bucket writer.
     pub fn deployment_changed(&self, record: DeploymentRecord) {
         let mut dirty = self.dirty_deployments.lock();
@@ -940,8 +949,11 @@ async fn load_deployments(cluster: &Cluster, hub: &Hub) -> Result<(), ClusterErr
     let mut loaded = 0;
     while let Some(key) = keys.next().await {
         let key = key.map_err(nats)?;
+        // Offset 0: an id reserved whose creation is not applied yet (or
+        // never was): the stream's creation, if any, makes it.
         if let Some(value) = cluster.deployments.get(&key).await.map_err(nats)?
             && let Ok(record) = serde_json::from_slice::<DeploymentRecord>(&value)
+            && record.offset > 0
         {
             hub.restore_deployment(record.view, record.offset);
             loaded += 1;

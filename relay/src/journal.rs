@@ -209,7 +209,12 @@ impl Hub {
             message: message.as_deref(),
         };
         let id = candidate.deployment_id.clone();
-        self.commit(cluster, &id, entry, now).await
+        let committed = self.commit(cluster, &id, entry, now).await;
+        if committed.is_err() && self.lock_deployments().get(&id).is_none() {
+            // Not created: the id is free again.
+            cluster.release_deployment(&id).await;
+        }
+        committed
     }
 
     /// A REST change of a deployment (events, cancel, timeout).
