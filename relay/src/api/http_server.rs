@@ -77,10 +77,23 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
+        // Plain TCP: a duplicate of the socket's descriptor, for the
+        // router's direct writes to an idle WebSocket (`Outbound`).
+        let direct = DirectSocket(if tls.is_none() {
+            use std::os::fd::AsFd;
+            stream
+                .as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(|fd| Arc::new(std::net::TcpStream::from(fd)))
+        } else {
+            None
+        });
         let service = TowerToHyperService::new(
             router
                 .clone()
-                .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))),
+                .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer)))
+                .layer(axum::Extension(direct)),
         );
         let shutdown = shutdown.clone();
         let tls = tls.clone();
@@ -107,6 +120,11 @@ pub async fn serve(
         });
     }
 }
+
+/// A duplicate of a plain TCP connection's socket (`None` with TLS: the
+/// bytes must go through the TLS session).
+#[derive(Debug, Clone)]
+pub struct DirectSocket(pub Option<Arc<std::net::TcpStream>>);
 
 /// Serves one connection (plain or TLS) until it ends; on shutdown asks it
 /// to finish what is in progress.

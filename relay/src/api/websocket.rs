@@ -250,10 +250,12 @@ impl Drop for GatePermit {
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    direct: Option<axum::Extension<crate::api::http_server::DirectSocket>>,
     headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     use axum::response::IntoResponse;
+    let direct = direct.and_then(|axum::Extension(d)| d.0);
     let client = client_address(peer.ip(), &headers, &state.config.http.trusted_proxies);
     let peer = SocketAddr::new(client, peer.port());
     let header = |name| {
@@ -296,7 +298,7 @@ pub async fn upgrade(
     upgrade.on_upgrade(move |socket| {
         tracker.track_future(async move {
             match permit {
-                Ok(permit) => serve(socket, state, peer, permit, credential).await,
+                Ok(permit) => serve(socket, state, (peer, direct), permit, credential).await,
                 Err(full) => refuse(socket, &state, full.to_string()).await,
             }
         })
@@ -506,7 +508,7 @@ impl Connection {
 async fn serve(
     socket: WebSocket,
     state: AppState,
-    peer: SocketAddr,
+    (peer, direct): (SocketAddr, Option<Arc<std::net::TcpStream>>),
     permit: GatePermit,
     credential: Option<crate::auth::Credential>,
 ) {
@@ -516,6 +518,7 @@ async fn serve(
         Outbound::new(state.config.websocket.outbound_limits(), stats.clone())
             .with_address_budget(permit.bytes.clone()),
     );
+    outbound.set_direct(direct);
     let (mut sink, mut stream) = socket.split();
     let mut connection = Connection {
         session: WsSession::new(state.config.session_limits(), credential),
@@ -543,6 +546,8 @@ async fn serve(
     if closing {
         linger(&mut stream).await;
     }
+    // Before the socket goes: the router writes to it no more.
+    outbound.clear_direct();
     for handle in &connection.handles {
         state.hub.unsubscribe(handle);
     }
@@ -561,6 +566,12 @@ async fn write_loop(
     let mut ingested: Vec<Instant> = Vec::new();
     loop {
         let drained = outbound.next().await;
+        // The rest of a frame the router began writing goes first.
+        if let Some(raw) = &drained.raw
+            && !outbound.write_raw(raw).await
+        {
+            return;
+        }
         let mut sent = 0u64;
         for message in &drained.messages {
             if sink

@@ -182,7 +182,9 @@ struct Held {
 }
 
 impl LogSubscription {
-    fn deliver(&self, sequence: u64, message: Outgoing) {
+    /// Queues (or holds at the gate) a live line; `true` when it was
+    /// written to the socket at once.
+    fn deliver(&self, sequence: u64, message: Outgoing) -> bool {
         if let Some(gate) = &self.gate {
             let mut held = gate.held.lock();
             if let Some(held) = held.as_mut() {
@@ -195,10 +197,10 @@ impl LogSubscription {
                 } else {
                     held.dropped += 1;
                 }
-                return;
+                return false;
             }
         }
-        self.outbound.push_log(message);
+        self.outbound.push_log(message)
     }
 }
 
@@ -1343,6 +1345,8 @@ impl Hub {
         offset: u64,
         ingested_at: Instant,
     ) -> Result<(), DeploymentError> {
+        // Deliveries written to their sockets at once, in this pass.
+        let mut direct = 0u64;
         // An agent or a REST publisher may send any length: cut here.
         let cut;
         let record = if record.message.len() > self.limits.max_line_bytes {
@@ -1394,11 +1398,13 @@ impl Hub {
                     .flatten()
                     .filter(|s| visible(&s.scope, host))
                 {
-                    subscription.outbound.push_log(Outgoing {
+                    if subscription.outbound.push_log(Outgoing {
                         subscription: subscription.id,
                         body: body.clone(),
                         ingested_at: Some(ingested_at),
-                    });
+                    }) {
+                        direct += 1;
+                    }
                 }
             }
         }
@@ -1438,17 +1444,25 @@ impl Hub {
                 } else {
                     filter.content_matches(record.level, "")
                 };
-                if matches {
-                    subscription.deliver(
+                if matches
+                    && subscription.deliver(
                         sequence,
                         Outgoing {
                             subscription: subscription.id,
                             body: body.clone(),
                             ingested_at: Some(ingested_at),
                         },
-                    );
+                    )
+                {
+                    direct += 1;
                 }
             });
+        // Lines written at once: their latency, once for the pass (the
+        // writer records the queued ones as it writes them).
+        if direct > 0 {
+            self.stats
+                .record_latency_n(ingested_at.elapsed().as_micros() as u64, direct);
+        }
         refused
     }
 

@@ -125,6 +125,8 @@ pub struct Drained {
     pub dropped: Vec<(u64, u64)>,
     pub ping: bool,
     pub close: Option<(u16, String)>,
+    /// Bytes of a frame a direct write began: written first, as they are.
+    pub raw: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +144,67 @@ struct State {
     /// The last stall check saw the writer busy, with this many batches
     /// written, at this time (the writer never reads the clock).
     busy_seen: Option<(u64, Instant)>,
+    /// The connection's socket (plain TCP only), for direct writes.
+    direct: Option<Arc<std::net::TcpStream>>,
+    /// When a log line was last pushed (direct or queued).
+    last_push: Option<Instant>,
+    /// The rest of a frame a direct write left half written: the writer
+    /// writes it before anything else.
+    raw: Option<Vec<u8>>,
+}
+
+/// A line arriving this long after the previous one for the same
+/// connection, with nothing queued and the writer idle, is written at once
+/// by the router (one `writev`, no task wake-up); closer lines are queued
+/// and the writer coalesces them into one write.
+pub const DIRECT_GAP: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The WebSocket text frame header of a server frame (never masked) for a
+/// payload of `len` bytes; returns the header bytes used.
+pub fn frame_header(len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x81;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// Writes `{"subscriptionId":"sub-N",` into `out`; returns its length.
+fn subscription_prefix(id: u64, out: &mut [u8; 64]) -> usize {
+    const HEAD: &[u8] = b"{\"subscriptionId\":\"sub-";
+    out[..HEAD.len()].copy_from_slice(HEAD);
+    let mut digits = [0u8; 20];
+    let mut n = id;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut len = HEAD.len();
+    out[len..len + digits.len() - i].copy_from_slice(&digits[i..]);
+    len += digits.len() - i;
+    out[len..len + 2].copy_from_slice(b"\",");
+    len + 2
+}
+
+/// What a direct write did.
+enum Direct {
+    /// The whole frame is on the socket.
+    Written,
+    /// Not attempted or nothing written: queue the message.
+    Queue,
 }
 
 /// What a connection may queue before it draws on its address's budget.
@@ -258,8 +321,18 @@ impl Outbound {
 
     /// A log line, live or replayed: dropped and counted when the queue is
     /// full (in count or in bytes).
-    pub fn push_log(&self, message: Outgoing) {
+    ///
+    /// Returns `true` when it was written to the socket at once (see
+    /// [`DIRECT_GAP`]): the caller records its latency, once per routing
+    /// pass for all such deliveries.
+    pub fn push_log(&self, message: Outgoing) -> bool {
         let mut state = self.lock();
+        if let Direct::Written = self.try_direct(&mut state, &message) {
+            drop(state);
+            self.stats.messages_sent.inc();
+            self.stats.messages_direct.inc();
+            return true;
+        }
         let cost = message.cost();
         if state.queue.len() >= self.limits.max_queued
             || state.bytes + cost > self.limits.max_bytes
@@ -273,12 +346,105 @@ impl Outbound {
             }
             drop(state);
             self.stats.messages_dropped.inc();
-            return;
+            return false;
         }
         self.charge(&mut state, cost);
         state.queue.push_back(message);
         drop(state);
         self.notify.notify_one();
+        false
+    }
+
+    /// Writes `message` to the socket at once when the connection is idle
+    /// (see [`DIRECT_GAP`]): nothing queued, the writer not writing, the
+    /// previous line long enough ago. A frame the socket takes only in part
+    /// leaves its rest in `raw` for the writer, so frames never interleave.
+    fn try_direct(&self, state: &mut State, message: &Outgoing) -> Direct {
+        use std::io::Write;
+        // The item's ingest time stands for "now": one clock read per
+        // routing pass, not per subscriber.
+        let now = message.ingested_at.unwrap_or_else(Instant::now);
+        let last = state.last_push.replace(now);
+        let Some(socket) = &state.direct else {
+            return Direct::Queue;
+        };
+        let idle = last.is_none_or(|at| now.saturating_duration_since(at) >= DIRECT_GAP)
+            && state.queue.is_empty()
+            && state.metrics.is_empty()
+            && state.dropped.is_empty()
+            && !state.ping
+            && state.close.is_none()
+            && state.raw.is_none()
+            && !self.writing.load(std::sync::atomic::Ordering::Relaxed);
+        if !idle {
+            return Direct::Queue;
+        }
+        let mut prefix = [0u8; 64];
+        let prefix_len = if message.subscription == 0 {
+            0
+        } else {
+            subscription_prefix(message.subscription, &mut prefix)
+        };
+        // As `to_text`: the prefix replaces the body's opening brace.
+        let rest = match message.body.strip_prefix(b"{") {
+            Some(rest) if prefix_len > 0 => rest,
+            _ => &message.body[..],
+        };
+        let mut header = [0u8; 10];
+        let header_len = frame_header(prefix_len + rest.len(), &mut header);
+        let parts = [
+            std::io::IoSlice::new(&header[..header_len]),
+            std::io::IoSlice::new(&prefix[..prefix_len]),
+            std::io::IoSlice::new(rest),
+        ];
+        let total = header_len + prefix_len + rest.len();
+        match (&**socket).write_vectored(&parts) {
+            Ok(n) if n == total => Direct::Written,
+            Ok(n) if n > 0 => {
+                let mut frame = Vec::with_capacity(total);
+                frame.extend_from_slice(&header[..header_len]);
+                frame.extend_from_slice(&prefix[..prefix_len]);
+                frame.extend_from_slice(rest);
+                state.raw = Some(frame.split_off(n));
+                self.notify.notify_one();
+                Direct::Written
+            }
+            // Would block, or failed: the writer finds out and ends.
+            _ => Direct::Queue,
+        }
+    }
+
+    /// Lets the router write to this connection's socket directly (plain
+    /// TCP; the socket is a duplicate of the connection's descriptor).
+    pub fn set_direct(&self, socket: Option<Arc<std::net::TcpStream>>) {
+        self.lock().direct = socket;
+    }
+
+    /// The connection is ending: no more direct writes, and the duplicate
+    /// descriptor goes (the socket closes with the connection).
+    pub fn clear_direct(&self) {
+        self.lock().direct = None;
+    }
+
+    /// Writes what a direct write left half written, waiting for the socket
+    /// as needed. `false`: the socket failed.
+    pub async fn write_raw(&self, mut raw: &[u8]) -> bool {
+        use std::io::Write;
+        let Some(socket) = self.lock().direct.clone() else {
+            return false;
+        };
+        while !raw.is_empty() {
+            match (&*socket).write(raw) {
+                Ok(0) => return false,
+                Ok(n) => raw = &raw[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Counts `count` lines of `subscription` as dropped (the client is
@@ -385,7 +551,8 @@ impl Outbound {
                     || !state.metrics.is_empty()
                     || !state.dropped.is_empty()
                     || state.ping
-                    || state.close.is_some();
+                    || state.close.is_some()
+                    || state.raw.is_some();
                 if has_work {
                     let mut messages: Vec<Outgoing> = state.queue.drain(..).collect();
                     messages.extend(state.metrics.drain().map(|(_, m)| m));
@@ -402,6 +569,7 @@ impl Outbound {
                         dropped: std::mem::take(&mut state.dropped),
                         ping: std::mem::take(&mut state.ping),
                         close: state.close.take(),
+                        raw: state.raw.take(),
                     };
                 }
             }
@@ -442,6 +610,108 @@ mod tests {
             body: Bytes::copy_from_slice(body.as_bytes()),
             ingested_at: None,
         }
+    }
+
+    /// A connected pair of plain sockets: the relay's side (non-blocking,
+    /// as tokio leaves it) and the client's.
+    fn socket_pair() -> (Arc<std::net::TcpStream>, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (relay, _) = listener.accept().unwrap();
+        relay.set_nonblocking(true).unwrap();
+        (Arc::new(relay), client)
+    }
+
+    /// Reads one unmasked server text frame from `client`.
+    fn read_frame(client: &mut std::net::TcpStream) -> Vec<u8> {
+        use std::io::Read;
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], 0x81, "FIN + text");
+        let len = match head[1] {
+            126 => {
+                let mut n = [0u8; 2];
+                client.read_exact(&mut n).unwrap();
+                u16::from_be_bytes(n) as usize
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                client.read_exact(&mut n).unwrap();
+                u64::from_be_bytes(n) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        client.read_exact(&mut payload).unwrap();
+        payload
+    }
+
+    #[test]
+    fn an_idle_connection_gets_its_line_written_at_once_as_one_frame() {
+        let queue = outbound(10);
+        let (relay, mut client) = socket_pair();
+        queue.set_direct(Some(relay));
+        let line = message(42, r#"{"type":"log","message":"hi"}"#);
+        assert!(queue.push_log(line.clone()), "written at once");
+        assert_eq!(read_frame(&mut client), line.to_text().into_bytes());
+        // After a pause, again at once; a line right after it is queued
+        // for the writer (it coalesces).
+        std::thread::sleep(DIRECT_GAP * 2);
+        let mut soon = line.clone();
+        soon.ingested_at = Some(Instant::now());
+        let mut sooner = soon.clone();
+        sooner.ingested_at = soon.ingested_at;
+        assert!(queue.push_log(soon));
+        assert_eq!(read_frame(&mut client), line.to_text().into_bytes());
+        assert!(!queue.push_log(sooner), "within DIRECT_GAP: queued");
+        assert_eq!(queue.stats.messages_direct.get(), 2);
+        queue.clear_direct();
+        assert!(!queue.push_log(message(42, "{}")), "no socket: queued");
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_socket_takes_in_part_is_finished_before_anything_else() {
+        let queue = outbound(10);
+        let (relay, mut client) = socket_pair();
+        queue.set_direct(Some(relay));
+        // Far more than the socket buffers take while nobody reads.
+        let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(8 << 20));
+        let line = message(7, &big);
+        assert!(queue.push_log(line.clone()), "begun at once");
+        assert!(!queue.push_log(message(7, r#"{"n":2}"#)), "then queued");
+        let reader = std::thread::spawn(move || {
+            let first = read_frame(&mut client);
+            let second = read_frame(&mut client);
+            (first, second)
+        });
+        let drained = queue.next().await;
+        let raw = drained.raw.expect("the rest of the big frame");
+        assert!(queue.write_raw(&raw).await);
+        assert_eq!(drained.messages.len(), 1);
+        // What the writer sends next, framed as tungstenite would.
+        let text = drained.messages[0].to_text();
+        let mut header = [0u8; 10];
+        let n = frame_header(text.len(), &mut header);
+        let mut frame = header[..n].to_vec();
+        frame.extend_from_slice(text.as_bytes());
+        assert!(queue.write_raw(&frame).await);
+        let (first, second) = reader.join().unwrap();
+        assert_eq!(first, line.to_text().into_bytes(), "the big frame whole");
+        assert_eq!(second, br#"{"subscriptionId":"sub-7","n":2}"#.to_vec());
+    }
+
+    #[test]
+    fn frame_headers_use_the_shortest_length_form() {
+        let mut out = [0u8; 10];
+        assert_eq!(frame_header(125, &mut out), 2);
+        assert_eq!(out[..2], [0x81, 125]);
+        assert_eq!(frame_header(126, &mut out), 4);
+        assert_eq!(out[..4], [0x81, 126, 0, 126]);
+        assert_eq!(frame_header(70_000, &mut out), 10);
+        assert_eq!(out[..2], [0x81, 127]);
+        let mut prefix = [0u8; 64];
+        let n = subscription_prefix(1_234_567, &mut prefix);
+        assert_eq!(&prefix[..n], br#"{"subscriptionId":"sub-1234567","#);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Stats {
     pub messages_received: Counter,
     /// Messages written to sockets.
     pub messages_sent: Counter,
+    /// Of those, written by the router at once (an idle connection).
+    pub messages_direct: Counter,
     /// Messages dropped for slow readers (their queue was full).
     pub messages_dropped: Counter,
     /// Client messages answered with `invalid_message`.
@@ -201,6 +203,11 @@ impl Stats {
                 "o1_websocket_messages_sent",
                 "Messages written to sockets.",
             ),
+            messages_direct: counter(
+                r,
+                "o1_websocket_messages_direct",
+                "Messages the router wrote to an idle connection's socket at once (no writer wake-up).",
+            ),
             messages_dropped: counter(
                 r,
                 "o1_websocket_messages_dropped",
@@ -345,6 +352,18 @@ impl Stats {
         self.latency.lock().record(micros, Instant::now());
     }
 
+    /// Adds `count` deliveries of one latency (the lines one routing pass
+    /// wrote directly: one message, many subscribers).
+    pub fn record_latency_n(&self, micros: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.delivery_latency.observe_micros_n(micros, count);
+        let mut window = self.latency.lock();
+        window.rotate_if_due(Instant::now());
+        let _ = window.current.record_n(micros.max(1), count);
+    }
+
     /// (mean, p95, p99) in milliseconds over the recent window.
     pub fn latency_millis(&self) -> (f64, f64, f64) {
         self.latency.lock().summary(Instant::now())
@@ -439,6 +458,20 @@ impl LatencyHistogram {
         }
         self.inner.sum_micros.fetch_add(sum, Relaxed);
         self.inner.count.fetch_add(micros.len() as u64, Relaxed);
+    }
+}
+
+impl LatencyHistogram {
+    /// `count` observations of one value.
+    pub fn observe_micros_n(&self, micros: u64, count: u64) {
+        let bucket = BUCKET_BOUNDS_MICROS.partition_point(|&bound| bound < micros);
+        if let Some(slot) = self.inner.buckets.get(bucket) {
+            slot.fetch_add(count, Relaxed);
+        }
+        self.inner
+            .sum_micros
+            .fetch_add(micros.saturating_mul(count), Relaxed);
+        self.inner.count.fetch_add(count, Relaxed);
     }
 }
 
