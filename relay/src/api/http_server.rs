@@ -89,11 +89,12 @@ pub async fn serve(
         } else {
             None
         });
+        // Extensions wrap the router as one service (`Router::layer` would
+        // rebuild every route for each connection: kilobytes each).
+        use tower_layer::Layer;
         let service = TowerToHyperService::new(
-            router
-                .clone()
-                .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer)))
-                .layer(axum::Extension(direct)),
+            axum::Extension(direct)
+                .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer)).layer(router.clone())),
         );
         let shutdown = shutdown.clone();
         let tls = tls.clone();
@@ -121,6 +122,12 @@ pub async fn serve(
     }
 }
 
+/// The router with a connection's extensions.
+type Service = axum::middleware::AddExtension<
+    axum::middleware::AddExtension<Router, ConnectInfo<SocketAddr>>,
+    DirectSocket,
+>;
+
 /// A duplicate of a plain TCP connection's socket (`None` with TLS: the
 /// bytes must go through the TLS session).
 #[derive(Debug, Clone)]
@@ -130,7 +137,7 @@ pub struct DirectSocket(pub Option<Arc<std::net::TcpStream>>);
 /// to finish what is in progress.
 async fn serve_connection<I>(
     stream: I,
-    service: TowerToHyperService<Router>,
+    service: TowerToHyperService<Service>,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) where

@@ -183,8 +183,8 @@ struct Held {
 
 impl LogSubscription {
     /// Queues (or holds at the gate) a live line; `true` when it was
-    /// written to the socket at once.
-    fn deliver(&self, sequence: u64, message: Outgoing) -> bool {
+    /// written to the socket at once (`alone`: the only item of its batch).
+    fn deliver(&self, sequence: u64, message: Outgoing, alone: bool) -> bool {
         if let Some(gate) = &self.gate {
             let mut held = gate.held.lock();
             if let Some(held) = held.as_mut() {
@@ -200,7 +200,7 @@ impl LogSubscription {
                 return false;
             }
         }
-        self.outbound.push_log(message)
+        self.outbound.push_live(message, alone)
     }
 }
 
@@ -1222,7 +1222,15 @@ impl Hub {
                     let offset = offset + i as u64;
                     let routed = match item {
                         Item::Log(record) => {
-                            self.route_log(index, host, record, writer, offset, ingested_at)
+                            let alone = items.len() == 1;
+                            self.route_log(
+                                index,
+                                host,
+                                record,
+                                writer,
+                                offset,
+                                (ingested_at, alone),
+                            )
                         }
                         Item::Metric(sample) => {
                             self.route_metric(index, host, sample, ingested_at);
@@ -1343,7 +1351,7 @@ impl Hub {
         record: &LogRecord,
         writer: &Scope,
         offset: u64,
-        ingested_at: Instant,
+        (ingested_at, alone): (Instant, bool),
     ) -> Result<(), DeploymentError> {
         // Deliveries written to their sockets at once, in this pass.
         let mut direct = 0u64;
@@ -1398,11 +1406,12 @@ impl Hub {
                     .flatten()
                     .filter(|s| visible(&s.scope, host))
                 {
-                    if subscription.outbound.push_log(Outgoing {
+                    let line = Outgoing {
                         subscription: subscription.id,
                         body: body.clone(),
                         ingested_at: Some(ingested_at),
-                    }) {
+                    };
+                    if subscription.outbound.push_live(line, alone) {
                         direct += 1;
                     }
                 }
@@ -1452,6 +1461,7 @@ impl Hub {
                             body: body.clone(),
                             ingested_at: Some(ingested_at),
                         },
+                        alone,
                     )
                 {
                     direct += 1;

@@ -321,13 +321,18 @@ impl Outbound {
 
     /// A log line, live or replayed: dropped and counted when the queue is
     /// full (in count or in bytes).
-    ///
-    /// Returns `true` when it was written to the socket at once (see
-    /// [`DIRECT_GAP`]): the caller records its latency, once per routing
-    /// pass for all such deliveries.
-    pub fn push_log(&self, message: Outgoing) -> bool {
+    pub fn push_log(&self, message: Outgoing) {
+        self.push_live(message, false);
+    }
+
+    /// A live line: as [`Outbound::push_log`], but when `alone` (the only
+    /// item of its batch: an agent's line at a quiet moment) it may be
+    /// written to an idle socket at once (see [`DIRECT_GAP`]). Returns
+    /// `true` when it was: the caller records its latency, once per
+    /// routing pass for all such deliveries.
+    pub fn push_live(&self, message: Outgoing, alone: bool) -> bool {
         let mut state = self.lock();
-        if let Direct::Written = self.try_direct(&mut state, &message) {
+        if alone && let Direct::Written = self.try_direct(&mut state, &message) {
             drop(state);
             self.stats.messages_sent.inc();
             self.stats.messages_direct.inc();
@@ -652,7 +657,12 @@ mod tests {
         let (relay, mut client) = socket_pair();
         queue.set_direct(Some(relay));
         let line = message(42, r#"{"type":"log","message":"hi"}"#);
-        assert!(queue.push_log(line.clone()), "written at once");
+        // One of several items of a batch: queued, they go in one write.
+        assert!(!queue.push_live(line.clone(), false));
+        assert_eq!(queue.lock().queue.len(), 1);
+        queue.lock().queue.clear();
+        std::thread::sleep(DIRECT_GAP * 2);
+        assert!(queue.push_live(line.clone(), true), "written at once");
         assert_eq!(read_frame(&mut client), line.to_text().into_bytes());
         // After a pause, again at once; a line right after it is queued
         // for the writer (it coalesces).
@@ -661,12 +671,12 @@ mod tests {
         soon.ingested_at = Some(Instant::now());
         let mut sooner = soon.clone();
         sooner.ingested_at = soon.ingested_at;
-        assert!(queue.push_log(soon));
+        assert!(queue.push_live(soon, true));
         assert_eq!(read_frame(&mut client), line.to_text().into_bytes());
-        assert!(!queue.push_log(sooner), "within DIRECT_GAP: queued");
+        assert!(!queue.push_live(sooner, true), "within DIRECT_GAP: queued");
         assert_eq!(queue.stats.messages_direct.get(), 2);
         queue.clear_direct();
-        assert!(!queue.push_log(message(42, "{}")), "no socket: queued");
+        assert!(!queue.push_live(message(42, "{}"), true), "no socket: queued");
     }
 
     #[tokio::test]
@@ -677,8 +687,8 @@ mod tests {
         // Far more than the socket buffers take while nobody reads.
         let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(8 << 20));
         let line = message(7, &big);
-        assert!(queue.push_log(line.clone()), "begun at once");
-        assert!(!queue.push_log(message(7, r#"{"n":2}"#)), "then queued");
+        assert!(queue.push_live(line.clone(), true), "begun at once");
+        assert!(!queue.push_live(message(7, r#"{"n":2}"#), true), "then queued");
         let reader = std::thread::spawn(move || {
             let first = read_frame(&mut client);
             let second = read_frame(&mut client);
