@@ -484,10 +484,13 @@ impl Connection {
                 }
             }
             Subscribe::Logs { request, replay } => match request.since {
+                // Boxed: a replay's state (readers, records in flight) is
+                // allocated when a `since` arrives, not in every
+                // connection's task (an idle connection's size).
                 Some(since) => {
-                    crate::hub::resume::subscribe_logs_since(
+                    Box::pin(crate::hub::resume::subscribe_logs_since(
                         &state.hub, request, since, scope, outbound, ack,
-                    )
+                    ))
                     .await
                 }
                 None => state
@@ -567,8 +570,10 @@ async fn write_loop(
     loop {
         let drained = outbound.next().await;
         // The rest of a frame the router began writing goes first.
+        // Boxed: rare, and its timer would otherwise sit in every
+        // connection's task.
         if let Some(raw) = &drained.raw
-            && !outbound.write_raw(raw).await
+            && !Box::pin(outbound.write_raw(raw)).await
         {
             return;
         }
@@ -706,7 +711,9 @@ async fn read_loop(
                 actions
             }
         };
-        if let Some(end) = connection.act(actions, outbound, state).await {
+        // Boxed: what a message makes the relay do (subscriptions, replays)
+        // is allocated per message, not kept in every idle connection.
+        if let Some(end) = Box::pin(connection.act(actions, outbound, state)).await {
             return end;
         }
     }

@@ -676,7 +676,10 @@ mod tests {
         assert!(!queue.push_live(sooner, true), "within DIRECT_GAP: queued");
         assert_eq!(queue.stats.messages_direct.get(), 2);
         queue.clear_direct();
-        assert!(!queue.push_live(message(42, "{}"), true), "no socket: queued");
+        assert!(
+            !queue.push_live(message(42, "{}"), true),
+            "no socket: queued"
+        );
     }
 
     #[tokio::test]
@@ -688,7 +691,10 @@ mod tests {
         let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(8 << 20));
         let line = message(7, &big);
         assert!(queue.push_live(line.clone(), true), "begun at once");
-        assert!(!queue.push_live(message(7, r#"{"n":2}"#), true), "then queued");
+        assert!(
+            !queue.push_live(message(7, r#"{"n":2}"#), true),
+            "then queued"
+        );
         let reader = std::thread::spawn(move || {
             let first = read_frame(&mut client);
             let second = read_frame(&mut client);
