@@ -800,12 +800,13 @@ enum Kind<'a> {
 }
 
 /// Splits a batch into parts of one kind and application, in order, each
-/// under [`PART_BYTES`] (roughly) and [`OFFSET_SCALE`] items.
-fn split(items: &[Item]) -> Vec<(Kind<'_>, Vec<Item>)> {
-    let mut parts: Vec<(Kind<'_>, Vec<Item>)> = Vec::new();
+/// under [`PART_BYTES`] (roughly) and [`OFFSET_SCALE`] items. A batch that
+/// is one part already (the usual case: one application's lines) is
+/// borrowed, not copied.
+fn split(items: &[Item]) -> Vec<(Kind<'_>, std::borrow::Cow<'_, [Item]>)> {
+    let mut parts: Vec<(Kind<'_>, Vec<usize>, usize)> = Vec::new();
     let mut index: HashMap<(u8, &str), usize> = HashMap::new();
-    let mut sizes: Vec<usize> = Vec::new();
-    for item in items {
+    for (i, item) in items.iter().enumerate() {
         let (key, kind, size) = match item {
             Item::Log(l) => (
                 (0u8, l.application.as_str()),
@@ -821,21 +822,33 @@ fn split(items: &[Item]) -> Vec<(Kind<'_>, Vec<Item>)> {
         };
         let at = match index.get(&key) {
             Some(&at)
-                if sizes[at] + size <= PART_BYTES && (parts[at].1.len() as u64) < OFFSET_SCALE =>
+                if parts[at].2 + size <= PART_BYTES
+                    && (parts[at].1.len() as u64) < OFFSET_SCALE =>
             {
                 at
             }
             _ => {
-                parts.push((kind, Vec::new()));
-                sizes.push(0);
+                parts.push((kind, Vec::new(), 0));
                 index.insert(key, parts.len() - 1);
                 parts.len() - 1
             }
         };
-        sizes[at] += size;
-        parts[at].1.push(item.clone());
+        parts[at].1.push(i);
+        parts[at].2 += size;
+    }
+    if parts.len() == 1 {
+        return parts
+            .into_iter()
+            .map(|(kind, ..)| (kind, std::borrow::Cow::Borrowed(items)))
+            .collect();
     }
     parts
+        .into_iter()
+        .map(|(kind, at, _)| {
+            let part: Vec<Item> = at.into_iter().map(|i| items[i].clone()).collect();
+            (kind, std::borrow::Cow::Owned(part))
+        })
+        .collect()
 }
 
 async fn connect(

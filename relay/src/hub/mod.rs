@@ -619,6 +619,9 @@ impl Hub {
             }
         };
         self.stats.processing_errors.inc_by(errors);
+        if touched.is_empty() {
+            return Vec::new();
+        }
         touched.sort_unstable();
         touched.dedup();
         let registry = self.lock_deployments();
