@@ -124,6 +124,10 @@ pub struct WebSocketConfig {
     pub read_buffer_bytes: usize,
     /// Write buffer per connection in bytes.
     pub write_buffer_bytes: usize,
+    /// Threads one line's fan-out is split across when it goes to at least
+    /// 256 subscribers per thread and can be written at once; `0`: one per
+    /// core, at most 8.
+    pub fanout_threads: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -147,6 +151,7 @@ impl Default for WebSocketConfig {
             stall_timeout_secs: 30,
             read_buffer_bytes: 1024,
             write_buffer_bytes: 16 * 1024,
+            fanout_threads: 0,
         }
     }
 }
@@ -397,6 +402,14 @@ pub enum ConfigError {
 }
 
 impl RelayConfig {
+    /// `websocket.fanout_threads`, with `0` resolved to the cores (at most 8).
+    pub fn fanout_threads(&self) -> usize {
+        match self.websocket.fanout_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+            n => n,
+        }
+    }
+
     /// The limits of one WebSocket connection's session.
     pub fn session_limits(&self) -> crate::api::session::SessionLimits {
         let ws = &self.websocket;

@@ -25,6 +25,7 @@ pub mod hub;
 pub mod ingest;
 pub mod inventory;
 pub mod journal;
+pub mod prefetch;
 pub mod store;
 pub mod telemetry;
 
@@ -94,6 +95,7 @@ impl AppState {
         } else {
             Hub::new(stats.clone(), config.history.clone(), config.deployments)
         });
+        hub.set_fanout_threads(config.fanout_threads());
         Ok(AppState {
             gate: Arc::new(ConnectionGate::new(
                 config.websocket.max_connections,

@@ -685,6 +685,161 @@ async fn file_latency(
     Ok(())
 }
 
+/// The nanosecond stamp after "bench " in a delivered payload.
+fn bench_stamp(payload: &[u8]) -> Option<u64> {
+    const MARK: &[u8] = b"bench ";
+    let at = payload.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let digits = payload[at..].iter().take_while(|b| b.is_ascii_digit());
+    let mut stamp = 0u64;
+    for digit in digits {
+        stamp = stamp
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
+    }
+    Some(stamp)
+}
+
+/// A WebSocket subscriber that reads server frames off the socket itself:
+/// the load generator shares the machine with the server, and a full
+/// WebSocket client costs it ~12 µs of CPU per message at 1,000 × 100/s
+/// (more than the server), which put its own queueing into the latency
+/// it reports. Frames from a server are never masked; only text and
+/// binary payloads are returned; fragments are not expected (the servers
+/// measured send each message as one frame).
+struct RawSubscriber {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` consumed by the previous `read_frames`.
+    consumed: usize,
+    filled: usize,
+}
+
+impl RawSubscriber {
+    /// Opens `url` (`ws://host:port/path`), and sends `subscribe` as a
+    /// text message, waiting for its reply.
+    async fn connect(url: &str, subscribe: Option<&str>) -> Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rest = url
+            .strip_prefix("ws://")
+            .with_context(|| format!("{url}: only ws:// URLs"))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let mut stream = tokio::net::TcpStream::connect(authority).await?;
+        stream.set_nodelay(true)?;
+        stream
+            .write_all(
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await?;
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut filled = 0;
+        let end = loop {
+            let n = stream.read(&mut buffer[filled..]).await?;
+            if n == 0 {
+                bail!("{url}: closed during the handshake");
+            }
+            filled += n;
+            if let Some(at) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if filled == buffer.len() {
+                bail!("{url}: handshake answer too long");
+            }
+        };
+        if !buffer.starts_with(b"HTTP/1.1 101") {
+            bail!(
+                "{url}: {}",
+                String::from_utf8_lossy(&buffer[..end])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            );
+        }
+        buffer.copy_within(end..filled, 0);
+        let mut subscriber = RawSubscriber {
+            stream,
+            buffer,
+            consumed: 0,
+            filled: filled - end,
+        };
+        if let Some(text) = subscribe {
+            // Client frames are masked; a zero key leaves the text as is.
+            let mut frame = vec![0x81];
+            match u8::try_from(text.len()) {
+                Ok(short) if short < 126 => frame.push(0x80 | short),
+                _ => {
+                    frame.push(0x80 | 126);
+                    frame.extend_from_slice(&u16::try_from(text.len())?.to_be_bytes());
+                }
+            }
+            frame.extend_from_slice(&[0, 0, 0, 0]);
+            frame.extend_from_slice(text.as_bytes());
+            subscriber.stream.write_all(&frame).await?;
+            if subscriber.read_frames().await?.is_empty() {
+                bail!("{url}: no reply to the subscription");
+            }
+        }
+        Ok(subscriber)
+    }
+
+    /// Waits for at least one whole frame; returns the payloads of the
+    /// whole text or binary frames read.
+    async fn read_frames(&mut self) -> Result<Vec<&[u8]>> {
+        use tokio::io::AsyncReadExt;
+        // Drop what the caller has seen; keep a partial frame.
+        self.buffer.copy_within(self.consumed..self.filled, 0);
+        self.filled -= self.consumed;
+        self.consumed = 0;
+        loop {
+            let mut at = 0;
+            let mut frames = Vec::new();
+            while let Some((opcode, start, end)) = frame_at(&self.buffer[at..self.filled]) {
+                if opcode == 1 || opcode == 2 {
+                    frames.push((at + start, at + end));
+                }
+                at += end;
+            }
+            if at > 0 {
+                self.consumed = at;
+                return Ok(frames
+                    .into_iter()
+                    .map(|(s, e)| &self.buffer[s..e])
+                    .collect());
+            }
+            if self.filled == self.buffer.len() {
+                self.buffer.resize(self.buffer.len() * 2, 0);
+            }
+            let n = self.stream.read(&mut self.buffer[self.filled..]).await?;
+            if n == 0 {
+                bail!("closed");
+            }
+            self.filled += n;
+        }
+    }
+}
+
+/// The first whole server frame of `bytes`: (opcode, payload start,
+/// frame end).
+fn frame_at(bytes: &[u8]) -> Option<(u8, usize, usize)> {
+    let (&first, &second) = (bytes.first()?, bytes.get(1)?);
+    let (len, start): (usize, usize) = match second & 0x7f {
+        126 => (
+            u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let end = start.checked_add(len)?;
+    (bytes.len() >= end).then_some((first & 0x0f, start, end))
+}
+
 /// How the fan-out publisher sends: `batch` messages at a time, as fast as
 /// the subscribers absorb, or (`rate`) that many messages per second.
 #[derive(Debug, Clone, Copy)]
@@ -746,36 +901,25 @@ async fn fanout(
     let mut tasks = Vec::new();
     let urls: Vec<&str> = url.split(',').collect();
     for i in 0..subscribers {
-        let (mut socket, _) = tokio_tungstenite::connect_async(urls[i % urls.len()]).await?;
-        if is_o1 {
-            socket
-                .send(Message::text(
-                    r#"{"type":"subscribe-logs","application":"bench"}"#,
-                ))
-                .await?;
-            let _ack = socket.next().await;
-        }
+        let subscribe = is_o1.then_some(r#"{"type":"subscribe-logs","application":"bench"}"#);
+        let mut socket = RawSubscriber::connect(urls[i % urls.len()], subscribe).await?;
         let received = received.clone();
         let histogram = histogram.clone();
         tasks.push(tokio::spawn(async move {
             let mut local = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
             let mut count = 0u64;
             while count < messages {
-                let Some(Ok(message)) = socket.next().await else {
+                let Ok(payloads) = socket.read_frames().await else {
                     break;
                 };
-                let Message::Text(text) = message else {
-                    continue;
-                };
-                // "bench <nanos> ..." inside the JSON (o1) or the body (nchan).
-                if let Some(at) = text.as_str().find("bench ") {
-                    let rest = &text.as_str()[at + 6..];
-                    let end = rest.find(' ').unwrap_or(rest.len());
-                    if let Ok(sent) = rest[..end].parse::<u64>() {
-                        let micros = now_nanos().saturating_sub(sent) / 1000;
-                        if let Some(h) = local.as_mut() {
-                            h.saturating_record(micros.max(1));
-                        }
+                let now = now_nanos();
+                for payload in payloads {
+                    // "bench <nanos> ..." inside the JSON (o1) or the body (nchan).
+                    let Some(sent) = bench_stamp(payload) else {
+                        continue;
+                    };
+                    if let Some(h) = local.as_mut() {
+                        h.saturating_record((now.saturating_sub(sent) / 1000).max(1));
                     }
                     count += 1;
                     received.fetch_add(1, Ordering::Relaxed);

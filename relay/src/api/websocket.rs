@@ -521,7 +521,13 @@ async fn serve(
         Outbound::new(state.config.websocket.outbound_limits(), stats.clone())
             .with_address_budget(permit.bytes.clone()),
     );
-    outbound.set_direct(direct);
+    // The extension's copy is shared with the request; the queue keeps its
+    // own descriptor inline (a second `dup` only when both are alive).
+    outbound.set_direct(direct.and_then(|socket| {
+        Arc::try_unwrap(socket)
+            .or_else(|shared| shared.try_clone())
+            .ok()
+    }));
     let (mut sink, mut stream) = socket.split();
     let mut connection = Connection {
         session: WsSession::new(state.config.session_limits(), credential),

@@ -38,7 +38,7 @@ use crate::auth::Scope;
 use crate::deployments::{
     Changed, Deployment, DeploymentError, DeploymentLog, Registry, RegistryLimits, Update,
 };
-use crate::hub::outbound::{Outbound, Outgoing, SeriesKey, subscription_name};
+use crate::hub::outbound::{Live, Outbound, Outgoing, SeriesKey, subscription_name};
 use crate::store::{Entry, EntryRef, Store, StoreConfig, StoreError};
 use crate::telemetry::Stats;
 
@@ -184,14 +184,14 @@ struct Held {
 impl LogSubscription {
     /// Queues (or holds at the gate) a live line; `true` when it was
     /// written to the socket at once (`alone`: the only item of its batch).
-    fn deliver(&self, sequence: u64, message: Outgoing, alone: bool) -> bool {
+    fn deliver(&self, sequence: u64, line: Live<'_>) -> bool {
         if let Some(gate) = &self.gate {
             let mut held = gate.held.lock();
             if let Some(held) = held.as_mut() {
                 if held.overflow_from.is_some() {
                     // Past an overflow nothing is kept: it all comes from disk.
                 } else if held.lines.len() < GATE_LINES {
-                    held.lines.push((sequence, message));
+                    held.lines.push((sequence, line.to_outgoing(self.id)));
                 } else if gate.lossless {
                     held.overflow_from = Some(sequence);
                 } else {
@@ -200,7 +200,7 @@ impl LogSubscription {
                 return false;
             }
         }
-        self.outbound.push_live(message, alone)
+        self.outbound.push_live(self.id, line)
     }
 }
 
@@ -241,10 +241,83 @@ impl<S> Default for SourceIndex<S> {
 
 trait HasId {
     fn id(&self) -> u64;
+    /// Asks the CPU to fetch what routing to this subscription reads first
+    /// (its connection's queue), while the previous one is being written.
+    fn prefetch_outbound(&self) {}
 }
 impl HasId for LogSubscription {
     fn id(&self) -> u64 {
         self.id
+    }
+    fn prefetch_outbound(&self) {
+        self.outbound.prefetch();
+    }
+}
+
+/// Fewest subscribers per thread in one routing pass: below it starting a
+/// thread (~30 µs) costs more than the writes it takes over.
+const FANOUT_PER_THREAD_MIN: usize = 256;
+
+/// Runs `deliver` over every list of `lists`, split across up to
+/// `threads` threads (the calling one and scoped helpers) when there are
+/// enough subscribers: a line written at once to 1,000 sockets is ~6 ms
+/// of `writev`s one after the other, the tail of the fan-out's latency.
+/// Every helper is joined before this returns, so the next routing pass
+/// cannot overtake this one on any connection. Returns the sum of what
+/// `deliver` returned.
+fn fan_out<S: Sync>(lists: [&[S]; 4], threads: usize, deliver: impl Fn(&[S]) -> u64 + Sync) -> u64 {
+    let total: usize = lists.iter().map(|list| list.len()).sum();
+    let threads = threads.min(total / FANOUT_PER_THREAD_MIN).max(1);
+    if threads == 1 {
+        return lists.iter().map(|list| deliver(list)).sum();
+    }
+    // Part k of every list goes to thread k.
+    let part = |k: usize| -> u64 {
+        lists
+            .iter()
+            .map(|list| {
+                let size = list.len().div_ceil(threads);
+                let end = ((k + 1) * size).min(list.len());
+                deliver(list.get(k * size..end).unwrap_or(&[]))
+            })
+            .sum()
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads)
+            .map(|k| {
+                std::thread::Builder::new()
+                    .name("o1-fanout".into())
+                    .spawn_scoped(scope, move || part(k))
+                    .map_err(|_| k)
+            })
+            .collect();
+        let mut sum = part(0);
+        for helper in helpers {
+            sum += match helper {
+                Ok(helper) => helper.join().unwrap_or(0),
+                // No thread to be had: this one writes that part too.
+                Err(k) => part(k),
+            };
+        }
+        sum
+    })
+}
+
+/// Calls `f` on each of `list`, fetching ahead: the next subscription's
+/// connection and the one after's entry. In a fan-out each delivery is a
+/// `writev` whose kernel path evicts the router's data from the caches, so
+/// without this every subscriber costs several cache (and TLB) misses in a
+/// row; with it they overlap the previous subscriber's write
+/// (BENCHMARKS.md, "Paced fan-out").
+fn each_fetching_ahead<S: HasId>(list: &[S], f: &mut impl FnMut(&S)) {
+    for (i, subscription) in list.iter().enumerate() {
+        if let Some(after) = list.get(i + 4) {
+            crate::prefetch::read_all(after);
+        }
+        if let Some(next) = list.get(i + 2) {
+            next.prefetch_outbound();
+        }
+        f(subscription);
     }
 }
 impl HasId for MetricSubscription {
@@ -324,17 +397,26 @@ impl<S: HasId> SourceIndex<S> {
         }
     }
 
+    /// The lists whose subscriptions may want a line of (host,
+    /// application): exact, by host, by application, any.
+    fn candidate_lists(&self, host: &str, application: &str) -> [&[S]; 4] {
+        [
+            self.exact
+                .get(host)
+                .and_then(|apps| apps.get(application))
+                .map_or(&[][..], Vec::as_slice),
+            self.by_host.get(host).map_or(&[][..], Vec::as_slice),
+            self.by_application
+                .get(application)
+                .map_or(&[][..], Vec::as_slice),
+            &self.any,
+        ]
+    }
+
     fn for_each_candidate(&self, host: &str, application: &str, mut f: impl FnMut(&S)) {
-        if let Some(list) = self.exact.get(host).and_then(|apps| apps.get(application)) {
-            list.iter().for_each(&mut f);
+        for list in self.candidate_lists(host, application) {
+            each_fetching_ahead(list, &mut f);
         }
-        if let Some(list) = self.by_host.get(host) {
-            list.iter().for_each(&mut f);
-        }
-        if let Some(list) = self.by_application.get(application) {
-            list.iter().for_each(&mut f);
-        }
-        self.any.iter().for_each(f);
     }
 
     fn is_empty(&self) -> bool {
@@ -461,6 +543,9 @@ pub struct Hub {
     /// changes in one order.
     order: Mutex<u64>,
     epoch: AtomicU64,
+    /// Threads a large fan-out of one line is split across
+    /// (`websocket.fanout_threads`).
+    fanout_threads: std::sync::atomic::AtomicUsize,
     /// Clustered: the stream this hub follows (see [`crate::journal`]).
     cluster: Option<Arc<crate::cluster::ClusterLink>>,
     /// Clustered: the offset after the last change applied (set before it
@@ -494,6 +579,7 @@ impl Hub {
             store: None,
             order: Mutex::new(0),
             epoch: AtomicU64::new((rand::random::<u64>() & ((1 << 53) - 1)).max(1)),
+            fanout_threads: std::sync::atomic::AtomicUsize::new(1),
             cluster: None,
             committed_end: AtomicU64::new(0),
             high_water: Mutex::new(HashMap::new()),
@@ -568,6 +654,16 @@ impl Hub {
 
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterLink>> {
         self.cluster.as_ref()
+    }
+
+    /// Splits the fan-out of a line to many subscribers across up to
+    /// `threads` threads (at least 1).
+    pub fn set_fanout_threads(&self, threads: usize) {
+        self.fanout_threads.store(threads.max(1), Ordering::Relaxed);
+    }
+
+    fn fanout_threads(&self) -> usize {
+        self.fanout_threads.load(Ordering::Relaxed)
     }
 
     /// The cluster stream's epoch, once known.
@@ -1381,6 +1477,11 @@ impl Hub {
             offset: Some(offset),
         };
         let body = serialize(&ServerMessage::Log(message));
+        let live = Live {
+            body: &body,
+            ingested_at,
+            alone,
+        };
         let mut refused = Ok(());
         if let Some(deployment_id) = &record.deployment_id {
             let log = DeploymentLog {
@@ -1409,12 +1510,7 @@ impl Hub {
                     .flatten()
                     .filter(|s| visible(&s.scope, host))
                 {
-                    let line = Outgoing {
-                        subscription: subscription.id,
-                        body: body.clone(),
-                        ingested_at: Some(ingested_at),
-                    };
-                    if subscription.outbound.push_live(line, alone) {
+                    if subscription.outbound.push_live(subscription.id, live) {
                         direct += 1;
                     }
                 }
@@ -1442,39 +1538,39 @@ impl Hub {
             sequence
         };
         // Lower-cased once per line, for every subscription that searches.
-        let mut lowered: Option<String> = None;
-        index
-            .logs
-            .for_each_candidate(host, &record.application, |subscription| {
+        let lowered = std::sync::OnceLock::new();
+        let deliver = |list: &[LogSubscription]| {
+            let mut written = 0u64;
+            each_fetching_ahead(list, &mut |subscription| {
                 if !visible(&subscription.scope, host) {
                     return;
                 }
                 let filter = &subscription.filter;
                 let matches = if filter.searches() {
-                    let lowered = lowered.get_or_insert_with(|| lower(&record.message));
+                    let lowered = lowered.get_or_init(|| lower(&record.message));
                     filter.content_matches_lowered(record.level, lowered)
                 } else {
                     filter.content_matches(record.level, "")
                 };
-                if matches
-                    && subscription.deliver(
-                        sequence,
-                        Outgoing {
-                            subscription: subscription.id,
-                            body: body.clone(),
-                            ingested_at: Some(ingested_at),
-                        },
-                        alone,
-                    )
-                {
-                    direct += 1;
+                if matches && subscription.deliver(sequence, live) {
+                    written += 1;
                 }
             });
+            written
+        };
+        // Only a line that may be written at once is worth more threads:
+        // queuing costs a fraction of a write.
+        let threads = if alone { self.fanout_threads() } else { 1 };
+        direct += fan_out(
+            index.logs.candidate_lists(host, &record.application),
+            threads,
+            deliver,
+        );
         // Lines written at once: their latency, once for the pass (the
         // writer records the queued ones as it writes them).
         if direct > 0 {
             self.stats
-                .record_latency_n(ingested_at.elapsed().as_micros() as u64, direct);
+                .record_direct(ingested_at.elapsed().as_micros() as u64, direct);
         }
         refused
     }
@@ -1774,6 +1870,38 @@ pub fn select_metrics(full: &MetricsMessage, selection: MetricSelection) -> Metr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_fan_out_is_split_across_threads_and_reaches_everyone_once() {
+        use std::sync::atomic::AtomicU32;
+        let counts: Vec<AtomicU32> = (0..1000).map(|_| AtomicU32::new(0)).collect();
+        let threads = Mutex::new(std::collections::HashSet::new());
+        let deliver = |part: &[AtomicU32]| {
+            threads
+                .lock()
+                .insert(std::thread::current().name().map(str::to_owned));
+            for count in part {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            part.len() as u64
+        };
+        // Four lists, as a source's candidates: 1,000 subscribers in all.
+        let (a, rest) = counts.split_at(10);
+        let (b, rest) = rest.split_at(600);
+        let (c, d) = rest.split_at(3);
+        assert_eq!(fan_out([a, b, c, d], 2, deliver), 1000);
+        assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+        let names = threads.lock().clone();
+        assert!(names.contains(&Some("o1-fanout".to_owned())), "{names:?}");
+        assert_eq!(names.len(), 2, "the caller and one helper: {names:?}");
+
+        // Few subscribers: one thread, the caller's.
+        threads.lock().clear();
+        assert_eq!(fan_out([&counts[..300], &[], &[], &[]], 2, deliver), 300);
+        assert!(!threads.lock().contains(&Some("o1-fanout".to_owned())));
+        assert!(counts[..300].iter().all(|c| c.load(Ordering::Relaxed) == 2));
+        assert!(counts[300..].iter().all(|c| c.load(Ordering::Relaxed) == 1));
+    }
 
     fn line(sequence: u64, level: Level) -> Arc<HistoryLine> {
         Arc::new(HistoryLine {

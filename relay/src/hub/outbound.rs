@@ -105,6 +105,30 @@ impl Outgoing {
     }
 }
 
+/// A live line on its way to its subscribers: borrowed, so that a line
+/// written at once costs no copy and no reference count per subscriber
+/// (the shared body's count is one contended cache line when a fan-out
+/// runs on several threads).
+#[derive(Debug, Clone, Copy)]
+pub struct Live<'a> {
+    /// The JSON object, without `subscriptionId`.
+    pub body: &'a Bytes,
+    pub ingested_at: Instant,
+    /// The only item of its batch: it may be written at once.
+    pub alone: bool,
+}
+
+impl Live<'_> {
+    /// The line as a queued message of `subscription`.
+    pub fn to_outgoing(self, subscription: u64) -> Outgoing {
+        Outgoing {
+            subscription,
+            body: self.body.clone(),
+            ingested_at: Some(self.ingested_at),
+        }
+    }
+}
+
 pub fn subscription_name(id: u64) -> String {
     format!("sub-{id}")
 }
@@ -144,8 +168,10 @@ struct State {
     /// The last stall check saw the writer busy, with this many batches
     /// written, at this time (the writer never reads the clock).
     busy_seen: Option<(u64, Instant)>,
-    /// The connection's socket (plain TCP only), for direct writes.
-    direct: Option<Arc<std::net::TcpStream>>,
+    /// The connection's socket (plain TCP only; a duplicate descriptor),
+    /// for direct writes. Held inline: one fewer pointer to follow per
+    /// delivery.
+    direct: Option<std::net::TcpStream>,
     /// When a log line was last pushed (direct or queued).
     last_push: Option<Instant>,
     /// The rest of a frame a direct write left half written: the writer
@@ -158,6 +184,15 @@ struct State {
 /// by the router (one `writev`, no task wake-up); closer lines are queued
 /// and the writer coalesces them into one write.
 pub const DIRECT_GAP: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Largest frame a direct write copies into one buffer (see `try_direct`).
+const SMALL_FRAME: usize = 4096;
+
+thread_local! {
+    /// The router thread's buffer for one small frame.
+    static FRAME: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(SMALL_FRAME));
+}
 
 /// The WebSocket text frame header of a server frame (never masked) for a
 /// payload of `len` bytes; returns the header bytes used.
@@ -322,22 +357,28 @@ impl Outbound {
     /// A log line, live or replayed: dropped and counted when the queue is
     /// full (in count or in bytes).
     pub fn push_log(&self, message: Outgoing) {
-        self.push_live(message, false);
+        let state = self.lock();
+        self.queue_log(state, message);
     }
 
-    /// A live line: as [`Outbound::push_log`], but when `alone` (the only
-    /// item of its batch: an agent's line at a quiet moment) it may be
-    /// written to an idle socket at once (see [`DIRECT_GAP`]). Returns
-    /// `true` when it was: the caller records its latency, once per
-    /// routing pass for all such deliveries.
-    pub fn push_live(&self, message: Outgoing, alone: bool) -> bool {
+    /// A live line of `subscription`: as [`Outbound::push_log`], but when
+    /// `alone` (the only item of its batch: an agent's line at a quiet
+    /// moment) it may be written to an idle socket at once (see
+    /// [`DIRECT_GAP`]). Returns `true` when it was: the caller counts it
+    /// and records its latency, once per routing pass for all such
+    /// deliveries (`Stats::record_direct`).
+    pub fn push_live(&self, subscription: u64, line: Live<'_>) -> bool {
         let mut state = self.lock();
-        if alone && let Direct::Written = self.try_direct(&mut state, &message) {
-            drop(state);
-            self.stats.messages_sent.inc();
-            self.stats.messages_direct.inc();
+        if line.alone
+            && let Direct::Written = self.try_direct(&mut state, subscription, line)
+        {
             return true;
         }
+        self.queue_log(state, line.to_outgoing(subscription));
+        false
+    }
+
+    fn queue_log(&self, mut state: MutexGuard<'_, State>, message: Outgoing) {
         let cost = message.cost();
         if state.queue.len() >= self.limits.max_queued
             || state.bytes + cost > self.limits.max_bytes
@@ -351,24 +392,23 @@ impl Outbound {
             }
             drop(state);
             self.stats.messages_dropped.inc();
-            return false;
+            return;
         }
         self.charge(&mut state, cost);
         state.queue.push_back(message);
         drop(state);
         self.notify.notify_one();
-        false
     }
 
     /// Writes `message` to the socket at once when the connection is idle
     /// (see [`DIRECT_GAP`]): nothing queued, the writer not writing, the
     /// previous line long enough ago. A frame the socket takes only in part
     /// leaves its rest in `raw` for the writer, so frames never interleave.
-    fn try_direct(&self, state: &mut State, message: &Outgoing) -> Direct {
+    fn try_direct(&self, state: &mut State, subscription: u64, line: Live<'_>) -> Direct {
         use std::io::Write;
         // The item's ingest time stands for "now": one clock read per
         // routing pass, not per subscriber.
-        let now = message.ingested_at.unwrap_or_else(Instant::now);
+        let now = line.ingested_at;
         let last = state.last_push.replace(now);
         let Some(socket) = &state.direct else {
             return Direct::Queue;
@@ -385,25 +425,36 @@ impl Outbound {
             return Direct::Queue;
         }
         let mut prefix = [0u8; 64];
-        let prefix_len = if message.subscription == 0 {
+        let prefix_len = if subscription == 0 {
             0
         } else {
-            subscription_prefix(message.subscription, &mut prefix)
+            subscription_prefix(subscription, &mut prefix)
         };
         // As `to_text`: the prefix replaces the body's opening brace.
-        let rest = match message.body.strip_prefix(b"{") {
+        let rest = match line.body.strip_prefix(b"{") {
             Some(rest) if prefix_len > 0 => rest,
-            _ => &message.body[..],
+            _ => &line.body[..],
         };
         let mut header = [0u8; 10];
         let header_len = frame_header(prefix_len + rest.len(), &mut header);
-        let parts = [
-            std::io::IoSlice::new(&header[..header_len]),
-            std::io::IoSlice::new(&prefix[..prefix_len]),
-            std::io::IoSlice::new(rest),
-        ];
+        let parts = [&header[..header_len], &prefix[..prefix_len], rest];
         let total = header_len + prefix_len + rest.len();
-        match (&**socket).write_vectored(&parts) {
+        let written = if total <= SMALL_FRAME {
+            // One `send` of a copy: a small frame costs less copied here
+            // than gathered by `writev`, whose VFS path (the descriptor's
+            // position lock, the iovec import) costs the kernel more
+            // (BENCHMARKS.md, "Paced fan-out").
+            FRAME.with_borrow_mut(|frame| {
+                frame.clear();
+                for part in parts {
+                    frame.extend_from_slice(part);
+                }
+                (&*socket).write(frame)
+            })
+        } else {
+            (&*socket).write_vectored(&parts.map(std::io::IoSlice::new))
+        };
+        match written {
             Ok(n) if n == total => Direct::Written,
             Ok(n) if n > 0 => {
                 let mut frame = Vec::with_capacity(total);
@@ -421,7 +472,7 @@ impl Outbound {
 
     /// Lets the router write to this connection's socket directly (plain
     /// TCP; the socket is a duplicate of the connection's descriptor).
-    pub fn set_direct(&self, socket: Option<Arc<std::net::TcpStream>>) {
+    pub fn set_direct(&self, socket: Option<std::net::TcpStream>) {
         self.lock().direct = socket;
     }
 
@@ -435,11 +486,13 @@ impl Outbound {
     /// as needed. `false`: the socket failed.
     pub async fn write_raw(&self, mut raw: &[u8]) -> bool {
         use std::io::Write;
-        let Some(socket) = self.lock().direct.clone() else {
-            return false;
-        };
         while !raw.is_empty() {
-            match (&*socket).write(raw) {
+            // Non-blocking: the lock is held for one `write` only.
+            let written = match &self.lock().direct {
+                Some(socket) => (&*socket).write(raw),
+                None => return false,
+            };
+            match written {
                 Ok(0) => return false,
                 Ok(n) => raw = &raw[n..],
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -547,6 +600,13 @@ impl Outbound {
         self.writing.store(false, Relaxed);
     }
 
+    /// Asks the CPU to fetch this queue's state: the router calls it for
+    /// the next subscriber while it writes to the current one.
+    #[inline(always)]
+    pub fn prefetch(&self) {
+        crate::prefetch::read_all(self);
+    }
+
     /// Waits until something is queued, then takes all of it.
     pub async fn next(&self) -> Drained {
         loop {
@@ -619,12 +679,21 @@ mod tests {
 
     /// A connected pair of plain sockets: the relay's side (non-blocking,
     /// as tokio leaves it) and the client's.
-    fn socket_pair() -> (Arc<std::net::TcpStream>, std::net::TcpStream) {
+    fn live(queue: &Outbound, message: &Outgoing, alone: bool) -> bool {
+        let line = Live {
+            body: &message.body,
+            ingested_at: message.ingested_at.unwrap_or_else(Instant::now),
+            alone,
+        };
+        queue.push_live(message.subscription, line)
+    }
+
+    fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (relay, _) = listener.accept().unwrap();
         relay.set_nonblocking(true).unwrap();
-        (Arc::new(relay), client)
+        (relay, client)
     }
 
     /// Reads one unmasked server text frame from `client`.
@@ -658,11 +727,11 @@ mod tests {
         queue.set_direct(Some(relay));
         let line = message(42, r#"{"type":"log","message":"hi"}"#);
         // One of several items of a batch: queued, they go in one write.
-        assert!(!queue.push_live(line.clone(), false));
+        assert!(!live(&queue, &line, false));
         assert_eq!(queue.lock().queue.len(), 1);
         queue.lock().queue.clear();
         std::thread::sleep(DIRECT_GAP * 2);
-        assert!(queue.push_live(line.clone(), true), "written at once");
+        assert!(live(&queue, &line, true), "written at once");
         assert_eq!(read_frame(&mut client), line.to_text().into_bytes());
         // After a pause, again at once; a line right after it is queued
         // for the writer (it coalesces).
@@ -671,15 +740,11 @@ mod tests {
         soon.ingested_at = Some(Instant::now());
         let mut sooner = soon.clone();
         sooner.ingested_at = soon.ingested_at;
-        assert!(queue.push_live(soon, true));
+        assert!(live(&queue, &soon, true));
         assert_eq!(read_frame(&mut client), line.to_text().into_bytes());
-        assert!(!queue.push_live(sooner, true), "within DIRECT_GAP: queued");
-        assert_eq!(queue.stats.messages_direct.get(), 2);
+        assert!(!live(&queue, &sooner, true), "within DIRECT_GAP: queued");
         queue.clear_direct();
-        assert!(
-            !queue.push_live(message(42, "{}"), true),
-            "no socket: queued"
-        );
+        assert!(!live(&queue, &message(42, "{}"), true), "no socket: queued");
     }
 
     #[tokio::test]
@@ -690,9 +755,9 @@ mod tests {
         // Far more than the socket buffers take while nobody reads.
         let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(8 << 20));
         let line = message(7, &big);
-        assert!(queue.push_live(line.clone(), true), "begun at once");
+        assert!(live(&queue, &line, true), "begun at once");
         assert!(
-            !queue.push_live(message(7, r#"{"n":2}"#), true),
+            !live(&queue, &message(7, r#"{"n":2}"#), true),
             "then queued"
         );
         let reader = std::thread::spawn(move || {

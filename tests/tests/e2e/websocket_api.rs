@@ -611,3 +611,57 @@ async fn sigterm_drains_with_1001_and_exits_within_the_grace_period() {
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+/// A line alone in its batch, to 600 subscribers: the relay writes it to
+/// their sockets itself, split across two threads (`fanout_threads`, at
+/// least 256 subscribers each). Every subscriber still gets every line,
+/// once, in order: a pass's threads finish before the next line is routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_written_at_once_to_600_subscribers_on_two_threads_arrives_once_in_order() {
+    const SUBSCRIBERS: usize = 600;
+    const LINES: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path()).unwrap();
+    let relay = Relay::start(
+        &dir.path().join("relay"),
+        &pki,
+        "[websocket]\nfanout_threads = 2\n",
+    )
+    .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
+        let id = client
+            .subscribe(json!({"type": "subscribe-logs", "host": "fan-01"}))
+            .await
+            .unwrap();
+        clients.push((client, id));
+    }
+    let mut agent = SimAgent::connect(&relay, &pki, "fan-01").await.unwrap();
+    for n in 0..LINES {
+        agent
+            .send(vec![log_item("app", Level::Info, &format!("line {n}"))])
+            .await
+            .unwrap();
+        // Past the relay's 1 ms gap: each line may be written at once.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    for (client, id) in &mut clients {
+        for n in 0..LINES {
+            let log = client.recv_json(T).await.unwrap();
+            assert_eq!(log["subscriptionId"], id.as_str(), "{log}");
+            assert_eq!(log["message"], format!("line {n}"), "{log}");
+        }
+    }
+    // Nothing more: no line twice.
+    for (client, _) in clients.iter_mut().take(20) {
+        assert!(client.recv_json(Duration::from_millis(50)).await.is_err());
+    }
+    let direct = o1_tests::metric_value(&relay, "o1_websocket_messages_direct_total")
+        .await
+        .unwrap();
+    assert!(
+        direct >= (SUBSCRIBERS * LINES / 2) as f64,
+        "most deliveries written at once: {direct}"
+    );
+}
