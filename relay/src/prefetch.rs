@@ -9,12 +9,6 @@
 /// Most cache lines of one value fetched ahead.
 const MAX_LINES: usize = 4;
 
-/// Hints that `value`'s first cache line will be read soon.
-#[inline(always)]
-pub fn read<T>(value: &T) {
-    lines(value, 1);
-}
-
 /// Hints that all of `value` (up to four cache lines) will be read soon.
 #[inline(always)]
 pub fn read_all<T>(value: &T) {
