@@ -517,17 +517,20 @@ async fn serve(
 ) {
     let stats = state.stats.clone();
     stats.connection_opened();
-    let outbound = Arc::new(
-        Outbound::new(state.config.websocket.outbound_limits(), stats.clone())
-            .with_address_budget(permit.bytes.clone()),
-    );
-    // The extension's copy is shared with the request; the queue keeps its
-    // own descriptor inline (a second `dup` only when both are alive).
-    outbound.set_direct(direct.and_then(|socket| {
+    let mut outbound = Outbound::new(state.config.websocket.outbound_limits(), stats.clone())
+        .with_address_budget(permit.bytes.clone());
+    // The extension's copy is shared with the request; the connection's
+    // direct-write slot keeps its own descriptor (a second `dup` only when
+    // both are alive).
+    let duplicate = direct.and_then(|socket| {
         Arc::try_unwrap(socket)
             .or_else(|shared| shared.try_clone())
             .ok()
-    }));
+    });
+    if let Some(duplicate) = duplicate {
+        outbound = outbound.with_direct(state.hub.claim_direct(duplicate));
+    }
+    let outbound = Arc::new(outbound);
     let (mut sink, mut stream) = socket.split();
     let mut connection = Connection {
         session: WsSession::new(state.config.session_limits(), credential),

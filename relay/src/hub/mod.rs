@@ -16,6 +16,7 @@
 //! item exactly once, history then live, and ingest never waits for a
 //! replay to be walked.
 
+pub mod direct;
 pub mod outbound;
 pub mod resume;
 
@@ -124,6 +125,9 @@ struct LogSubscription {
     filter: LogFilter,
     scope: Visible,
     outbound: Arc<Outbound>,
+    /// The connection's slot for direct writes, held here so that a
+    /// fan-out reads the dense slots, not each connection's queue.
+    direct: Option<direct::DirectRef>,
     /// While its replay is being prepared, live lines wait here.
     gate: Option<Arc<ReplayGate>>,
 }
@@ -200,7 +204,8 @@ impl LogSubscription {
                 return false;
             }
         }
-        self.outbound.push_live(self.id, line)
+        self.outbound
+            .push_live_via(self.direct.as_ref(), self.id, line)
     }
 }
 
@@ -250,7 +255,10 @@ impl HasId for LogSubscription {
         self.id
     }
     fn prefetch_outbound(&self) {
-        self.outbound.prefetch();
+        match &self.direct {
+            Some(direct) => direct.prefetch(),
+            None => self.outbound.prefetch(),
+        }
     }
 }
 
@@ -546,6 +554,8 @@ pub struct Hub {
     /// Threads a large fan-out of one line is split across
     /// (`websocket.fanout_threads`).
     fanout_threads: std::sync::atomic::AtomicUsize,
+    /// The connections' slots for direct writes (see [`direct`]).
+    direct_slots: Arc<direct::DirectSlots>,
     /// Clustered: the stream this hub follows (see [`crate::journal`]).
     cluster: Option<Arc<crate::cluster::ClusterLink>>,
     /// Clustered: the offset after the last change applied (set before it
@@ -580,6 +590,7 @@ impl Hub {
             order: Mutex::new(0),
             epoch: AtomicU64::new((rand::random::<u64>() & ((1 << 53) - 1)).max(1)),
             fanout_threads: std::sync::atomic::AtomicUsize::new(1),
+            direct_slots: direct::DirectSlots::new(),
             cluster: None,
             committed_end: AtomicU64::new(0),
             high_water: Mutex::new(HashMap::new()),
@@ -664,6 +675,12 @@ impl Hub {
 
     fn fanout_threads(&self) -> usize {
         self.fanout_threads.load(Ordering::Relaxed)
+    }
+
+    /// A slot for direct writes to a connection's plain TCP socket (a
+    /// duplicate descriptor of it).
+    pub fn claim_direct(&self, socket: std::net::TcpStream) -> direct::DirectClaim {
+        self.direct_slots.claim(socket)
     }
 
     /// The cluster stream's epoch, once known.
@@ -1783,6 +1800,7 @@ fn insert_logs(
             filter: filter.clone(),
             scope,
             outbound: outbound.clone(),
+            direct: outbound.direct().cloned(),
             gate,
         },
     );

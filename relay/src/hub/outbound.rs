@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::direct::{Direct, DirectClaim, DirectRef};
 use crate::telemetry::Stats;
 
 /// Close code for a reader that stayed too slow (private-use range).
@@ -168,30 +169,6 @@ struct State {
     /// The last stall check saw the writer busy, with this many batches
     /// written, at this time (the writer never reads the clock).
     busy_seen: Option<(u64, Instant)>,
-    /// The connection's socket (plain TCP only; a duplicate descriptor),
-    /// for direct writes. Held inline: one fewer pointer to follow per
-    /// delivery.
-    direct: Option<std::net::TcpStream>,
-    /// When a log line was last pushed (direct or queued).
-    last_push: Option<Instant>,
-    /// The rest of a frame a direct write left half written: the writer
-    /// writes it before anything else.
-    raw: Option<Vec<u8>>,
-}
-
-/// A line arriving this long after the previous one for the same
-/// connection, with nothing queued and the writer idle, is written at once
-/// by the router (one `writev`, no task wake-up); closer lines are queued
-/// and the writer coalesces them into one write.
-pub const DIRECT_GAP: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// Largest frame a direct write copies into one buffer (see `try_direct`).
-const SMALL_FRAME: usize = 4096;
-
-thread_local! {
-    /// The router thread's buffer for one small frame.
-    static FRAME: std::cell::RefCell<Vec<u8>> =
-        std::cell::RefCell::new(Vec::with_capacity(SMALL_FRAME));
 }
 
 /// The WebSocket text frame header of a server frame (never masked) for a
@@ -213,7 +190,7 @@ pub fn frame_header(len: usize, out: &mut [u8; 10]) -> usize {
 }
 
 /// Writes `{"subscriptionId":"sub-N",` into `out`; returns its length.
-fn subscription_prefix(id: u64, out: &mut [u8; 64]) -> usize {
+pub(super) fn subscription_prefix(id: u64, out: &mut [u8; 64]) -> usize {
     const HEAD: &[u8] = b"{\"subscriptionId\":\"sub-";
     out[..HEAD.len()].copy_from_slice(HEAD);
     let mut digits = [0u8; 20];
@@ -232,14 +209,6 @@ fn subscription_prefix(id: u64, out: &mut [u8; 64]) -> usize {
     len += digits.len() - i;
     out[len..len + 2].copy_from_slice(b"\",");
     len + 2
-}
-
-/// What a direct write did.
-enum Direct {
-    /// The whole frame is on the socket.
-    Written,
-    /// Not attempted or nothing written: queue the message.
-    Queue,
 }
 
 /// What a connection may queue before it draws on its address's budget.
@@ -279,6 +248,8 @@ pub struct Outbound {
     limits: OutboundLimits,
     stats: Arc<Stats>,
     address: Option<Arc<AddressBudget>>,
+    /// The connection's slot for direct writes (plain TCP only).
+    direct: Option<DirectClaim>,
 }
 
 impl Outbound {
@@ -291,7 +262,34 @@ impl Outbound {
             limits,
             stats,
             address: None,
+            direct: None,
         }
+    }
+
+    /// Lets the router write to this connection's socket directly (plain
+    /// TCP; `claim` holds a duplicate of the connection's descriptor).
+    pub fn with_direct(mut self, claim: DirectClaim) -> Self {
+        self.direct = Some(claim);
+        self
+    }
+
+    /// Where the router writes to this connection directly, if it may.
+    pub fn direct(&self) -> Option<&DirectRef> {
+        self.direct.as_ref().map(DirectClaim::slot)
+    }
+
+    /// Wakes the writer after something was queued for it: first marks it
+    /// busy, so the router stops writing to the socket directly.
+    fn wake(&self) {
+        if let Some(direct) = &self.direct {
+            direct.slot().set_busy();
+        }
+        self.notify.notify_one();
+    }
+
+    /// Wakes the writer for the rest of a frame the router began.
+    pub fn wake_for_raw(&self) {
+        self.notify.notify_one();
     }
 
     /// Also counts what is queued against the client address's budget.
@@ -351,7 +349,7 @@ impl Outbound {
         }
         state.queue.push_back(message);
         drop(state);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// A log line, live or replayed: dropped and counted when the queue is
@@ -368,13 +366,31 @@ impl Outbound {
     /// and records its latency, once per routing pass for all such
     /// deliveries (`Stats::record_direct`).
     pub fn push_live(&self, subscription: u64, line: Live<'_>) -> bool {
-        let mut state = self.lock();
+        self.push_live_via(self.direct(), subscription, line)
+    }
+
+    /// As [`Outbound::push_live`], through `direct` (this connection's
+    /// slot, as a subscription entry holds it: the router reaches the slot
+    /// without reading this queue).
+    pub fn push_live_via(
+        &self,
+        direct: Option<&DirectRef>,
+        subscription: u64,
+        line: Live<'_>,
+    ) -> bool {
         if line.alone
-            && let Direct::Written = self.try_direct(&mut state, subscription, line)
+            && let Some(direct) = direct
         {
-            return true;
+            match direct.try_write(subscription, line) {
+                Direct::Written => return true,
+                Direct::Begun => {
+                    self.wake_for_raw();
+                    return true;
+                }
+                Direct::Queue => {}
+            }
         }
-        self.queue_log(state, line.to_outgoing(subscription));
+        self.queue_log(self.lock(), line.to_outgoing(subscription));
         false
     }
 
@@ -397,112 +413,24 @@ impl Outbound {
         self.charge(&mut state, cost);
         state.queue.push_back(message);
         drop(state);
-        self.notify.notify_one();
-    }
-
-    /// Writes `message` to the socket at once when the connection is idle
-    /// (see [`DIRECT_GAP`]): nothing queued, the writer not writing, the
-    /// previous line long enough ago. A frame the socket takes only in part
-    /// leaves its rest in `raw` for the writer, so frames never interleave.
-    fn try_direct(&self, state: &mut State, subscription: u64, line: Live<'_>) -> Direct {
-        use std::io::Write;
-        // The item's ingest time stands for "now": one clock read per
-        // routing pass, not per subscriber.
-        let now = line.ingested_at;
-        let last = state.last_push.replace(now);
-        let Some(socket) = &state.direct else {
-            return Direct::Queue;
-        };
-        let idle = last.is_none_or(|at| now.saturating_duration_since(at) >= DIRECT_GAP)
-            && state.queue.is_empty()
-            && state.metrics.is_empty()
-            && state.dropped.is_empty()
-            && !state.ping
-            && state.close.is_none()
-            && state.raw.is_none()
-            && !self.writing.load(std::sync::atomic::Ordering::Relaxed);
-        if !idle {
-            return Direct::Queue;
-        }
-        let mut prefix = [0u8; 64];
-        let prefix_len = if subscription == 0 {
-            0
-        } else {
-            subscription_prefix(subscription, &mut prefix)
-        };
-        // As `to_text`: the prefix replaces the body's opening brace.
-        let rest = match line.body.strip_prefix(b"{") {
-            Some(rest) if prefix_len > 0 => rest,
-            _ => &line.body[..],
-        };
-        let mut header = [0u8; 10];
-        let header_len = frame_header(prefix_len + rest.len(), &mut header);
-        let parts = [&header[..header_len], &prefix[..prefix_len], rest];
-        let total = header_len + prefix_len + rest.len();
-        let written = if total <= SMALL_FRAME {
-            // One `send` of a copy: a small frame costs less copied here
-            // than gathered by `writev`, whose VFS path (the descriptor's
-            // position lock, the iovec import) costs the kernel more
-            // (BENCHMARKS.md, "Paced fan-out").
-            FRAME.with_borrow_mut(|frame| {
-                frame.clear();
-                for part in parts {
-                    frame.extend_from_slice(part);
-                }
-                (&*socket).write(frame)
-            })
-        } else {
-            (&*socket).write_vectored(&parts.map(std::io::IoSlice::new))
-        };
-        match written {
-            Ok(n) if n == total => Direct::Written,
-            Ok(n) if n > 0 => {
-                let mut frame = Vec::with_capacity(total);
-                frame.extend_from_slice(&header[..header_len]);
-                frame.extend_from_slice(&prefix[..prefix_len]);
-                frame.extend_from_slice(rest);
-                state.raw = Some(frame.split_off(n));
-                self.notify.notify_one();
-                Direct::Written
-            }
-            // Would block, or failed: the writer finds out and ends.
-            _ => Direct::Queue,
-        }
-    }
-
-    /// Lets the router write to this connection's socket directly (plain
-    /// TCP; the socket is a duplicate of the connection's descriptor).
-    pub fn set_direct(&self, socket: Option<std::net::TcpStream>) {
-        self.lock().direct = socket;
+        self.wake();
     }
 
     /// The connection is ending: no more direct writes, and the duplicate
     /// descriptor goes (the socket closes with the connection).
     pub fn clear_direct(&self) {
-        self.lock().direct = None;
+        if let Some(direct) = self.direct() {
+            direct.close_socket();
+        }
     }
 
-    /// Writes what a direct write left half written, waiting for the socket
-    /// as needed. `false`: the socket failed.
-    pub async fn write_raw(&self, mut raw: &[u8]) -> bool {
-        use std::io::Write;
-        while !raw.is_empty() {
-            // Non-blocking: the lock is held for one `write` only.
-            let written = match &self.lock().direct {
-                Some(socket) => (&*socket).write(raw),
-                None => return false,
-            };
-            match written {
-                Ok(0) => return false,
-                Ok(n) => raw = &raw[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
+    /// Writes the rest of a frame a direct write began (see
+    /// [`Drained::raw`]). `false`: the socket failed.
+    pub async fn write_raw(&self, raw: &[u8]) -> bool {
+        match self.direct() {
+            Some(direct) => direct.write_raw(raw).await,
+            None => false,
         }
-        true
     }
 
     /// Counts `count` lines of `subscription` as dropped (the client is
@@ -518,7 +446,7 @@ impl Outbound {
         }
         drop(state);
         self.stats.messages_dropped.inc_by(count);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// A metric sample: replaces a queued sample of the same series.
@@ -542,12 +470,12 @@ impl Outbound {
         self.charge(&mut state, cost);
         state.metrics.insert(key, message);
         drop(state);
-        self.notify.notify_one();
+        self.wake();
     }
 
     pub fn push_ping(&self) {
         self.lock().ping = true;
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// Asks the writer to send a close frame after what is queued.
@@ -557,7 +485,7 @@ impl Outbound {
             state.close = Some((code, reason.into()));
         }
         drop(state);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// Whether the queue has been full, or the writer stuck on one batch,
@@ -612,13 +540,22 @@ impl Outbound {
         loop {
             {
                 let mut state = self.lock();
-                let has_work = !state.queue.is_empty()
+                let queued = !state.queue.is_empty()
                     || !state.metrics.is_empty()
                     || !state.dropped.is_empty()
                     || state.ping
-                    || state.close.is_some()
-                    || state.raw.is_some();
-                if has_work {
+                    || state.close.is_some();
+                // Under the queue's lock (the order: queue, then slot): the
+                // rest of a frame the router began, or, with nothing to
+                // do, the router may write directly again.
+                let raw = self.direct().and_then(|direct| {
+                    let mut slot = direct.lock();
+                    if !queued && slot.raw.is_empty() {
+                        slot.busy = false;
+                    }
+                    Some(std::mem::take(&mut slot.raw)).filter(|raw| !raw.is_empty())
+                });
+                if queued || raw.is_some() {
                     let mut messages: Vec<Outgoing> = state.queue.drain(..).collect();
                     messages.extend(state.metrics.drain().map(|(_, m)| m));
                     if state.queue.capacity() > self.limits.max_queued.min(256) {
@@ -634,7 +571,7 @@ impl Outbound {
                         dropped: std::mem::take(&mut state.dropped),
                         ping: std::mem::take(&mut state.ping),
                         close: state.close.take(),
-                        raw: state.raw.take(),
+                        raw,
                     };
                 }
             }
@@ -720,16 +657,41 @@ mod tests {
         payload
     }
 
+    /// A queue whose router may write to `relay` directly.
+    fn direct_outbound(relay: std::net::TcpStream) -> Outbound {
+        outbound(10).with_direct(super::super::direct::DirectSlots::new().claim(relay))
+    }
+
+    /// Whether the writer, polled once, finds something to write.
+    fn writer_takes(queue: &Outbound) -> Option<Drained> {
+        futures_util::FutureExt::now_or_never(queue.next())
+    }
+
     #[test]
     fn an_idle_connection_gets_its_line_written_at_once_as_one_frame() {
-        let queue = outbound(10);
+        use super::super::direct::DIRECT_GAP;
         let (relay, mut client) = socket_pair();
-        queue.set_direct(Some(relay));
+        let queue = direct_outbound(relay);
         let line = message(42, r#"{"type":"log","message":"hi"}"#);
         // One of several items of a batch: queued, they go in one write.
         assert!(!live(&queue, &line, false));
-        assert_eq!(queue.lock().queue.len(), 1);
-        queue.lock().queue.clear();
+        std::thread::sleep(DIRECT_GAP * 2);
+        assert!(
+            !live(&queue, &line, true),
+            "the writer has work: queued behind it"
+        );
+        let drained = writer_takes(&queue).expect("two lines queued");
+        assert_eq!(drained.messages.len(), 2);
+        std::thread::sleep(DIRECT_GAP * 2);
+        assert!(
+            !live(&queue, &line, true),
+            "the writer is still writing its batch: queued"
+        );
+        queue.written();
+        assert_eq!(writer_takes(&queue).unwrap().messages.len(), 1);
+        queue.written();
+        // The writer found nothing more: idle, the router may write.
+        assert!(writer_takes(&queue).is_none());
         std::thread::sleep(DIRECT_GAP * 2);
         assert!(live(&queue, &line, true), "written at once");
         assert_eq!(read_frame(&mut client), line.to_text().into_bytes());
@@ -738,20 +700,29 @@ mod tests {
         std::thread::sleep(DIRECT_GAP * 2);
         let mut soon = line.clone();
         soon.ingested_at = Some(Instant::now());
-        let mut sooner = soon.clone();
-        sooner.ingested_at = soon.ingested_at;
+        let sooner = soon.clone();
         assert!(live(&queue, &soon, true));
         assert_eq!(read_frame(&mut client), line.to_text().into_bytes());
         assert!(!live(&queue, &sooner, true), "within DIRECT_GAP: queued");
+        // A reply queued meanwhile keeps the router off the socket.
+        assert_eq!(writer_takes(&queue).unwrap().messages.len(), 1);
+        queue.written();
+        assert!(writer_takes(&queue).is_none());
+        queue.push_reply(Outgoing::reply(Bytes::from_static(b"{}")));
+        std::thread::sleep(DIRECT_GAP * 2);
+        assert!(!live(&queue, &line, true), "a reply is queued: queued");
+        assert_eq!(writer_takes(&queue).unwrap().messages.len(), 2);
+        queue.written();
+        assert!(writer_takes(&queue).is_none());
         queue.clear_direct();
+        std::thread::sleep(DIRECT_GAP * 2);
         assert!(!live(&queue, &message(42, "{}"), true), "no socket: queued");
     }
 
     #[tokio::test]
     async fn a_frame_the_socket_takes_in_part_is_finished_before_anything_else() {
-        let queue = outbound(10);
         let (relay, mut client) = socket_pair();
-        queue.set_direct(Some(relay));
+        let queue = direct_outbound(relay);
         // Far more than the socket buffers take while nobody reads.
         let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(8 << 20));
         let line = message(7, &big);
