@@ -157,6 +157,7 @@ pub async fn subscribe_logs_since(
             let _ = replay(&target, current, position, cut).await;
         }
         let Some(overflow) = Hub::open_gate_lossless(&gate, cut, outbound) else {
+            hub.ungate(&handle, &gate);
             break;
         };
         let (fresh, next_cut) = hub.regate(&handle);
