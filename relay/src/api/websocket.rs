@@ -517,20 +517,24 @@ async fn serve(
 ) {
     let stats = state.stats.clone();
     stats.connection_opened();
-    let mut outbound = Outbound::new(state.config.websocket.outbound_limits(), stats.clone())
-        .with_address_budget(permit.bytes.clone());
-    // The extension's copy is shared with the request; the connection's
-    // direct-write slot keeps its own descriptor (a second `dup` only when
-    // both are alive).
-    let duplicate = direct.and_then(|socket| {
-        Arc::try_unwrap(socket)
-            .or_else(|shared| shared.try_clone())
-            .ok()
+    // Built in one expression: no local of the queue's size stays in this
+    // task's future (a shadowed binding keeps its storage to the end of
+    // the scope, across every await: per idle connection).
+    let outbound = Arc::new({
+        let queue = Outbound::new(state.config.websocket.outbound_limits(), stats.clone())
+            .with_address_budget(permit.bytes.clone());
+        // The extension's copy is shared with the request; the
+        // connection's direct-write slot keeps its own descriptor (a
+        // second `dup` only when both are alive).
+        match direct.and_then(|socket| {
+            Arc::try_unwrap(socket)
+                .or_else(|shared| shared.try_clone())
+                .ok()
+        }) {
+            Some(duplicate) => queue.with_direct(state.hub.claim_direct(duplicate)),
+            None => queue,
+        }
     });
-    if let Some(duplicate) = duplicate {
-        outbound = outbound.with_direct(state.hub.claim_direct(duplicate));
-    }
-    let outbound = Arc::new(outbound);
     let (mut sink, mut stream) = socket.split();
     let mut connection = Connection {
         session: WsSession::new(state.config.session_limits(), credential),

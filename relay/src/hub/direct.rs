@@ -71,6 +71,8 @@ struct Slot(Mutex<SlotState>);
 #[derive(Debug)]
 struct Chunk {
     slots: [Slot; CHUNK],
+    /// Where its slots go back to.
+    pool: std::sync::Weak<DirectSlots>,
 }
 
 /// The pool the relay's connections take their slots from.
@@ -103,6 +105,7 @@ impl DirectSlots {
                 }
                 let chunk = Arc::new(Chunk {
                     slots: std::array::from_fn(|_| Slot::default()),
+                    pool: Arc::downgrade(self),
                 });
                 pool.free
                     .extend((0..CHUNK as u8).rev().map(|i| (chunk.clone(), i)));
@@ -117,10 +120,7 @@ impl DirectSlots {
             state.last_push = None;
             state.raw = Vec::new();
         }
-        DirectClaim {
-            slot,
-            pool: self.clone(),
-        }
+        DirectClaim { slot }
     }
 
     /// Slots made so far (claimed or free).
@@ -134,7 +134,6 @@ impl DirectSlots {
 #[derive(Debug)]
 pub struct DirectClaim {
     slot: DirectRef,
-    pool: Arc<DirectSlots>,
 }
 
 impl DirectClaim {
@@ -151,8 +150,10 @@ impl Drop for DirectClaim {
             state.busy = true;
             state.raw = Vec::new();
         }
-        let free = (self.slot.chunk.clone(), self.slot.index);
-        self.pool.pool.lock().free.push(free);
+        if let Some(pool) = self.slot.chunk.pool.upgrade() {
+            let free = (self.slot.chunk.clone(), self.slot.index);
+            pool.pool.lock().free.push(free);
+        }
     }
 }
 
@@ -309,7 +310,7 @@ mod tests {
     #[test]
     fn slots_are_one_cache_line_and_reused_before_a_new_chunk() {
         assert_eq!(std::mem::size_of::<Slot>(), 64);
-        assert_eq!(std::mem::size_of::<Chunk>(), 4096);
+        assert_eq!(std::mem::size_of::<[Slot; CHUNK]>(), 4096);
         let pool = DirectSlots::new();
         let claims: Vec<_> = (0..CHUNK + 1).map(|_| pool.claim(socket())).collect();
         assert_eq!(pool.made(), 2 * CHUNK, "a second chunk for the 65th");

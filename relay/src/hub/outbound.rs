@@ -160,7 +160,8 @@ struct State {
     metrics: HashMap<SeriesKey, Outgoing>,
     dropped: Vec<(u64, u64)>,
     ping: bool,
-    close: Option<(u16, String)>,
+    /// Boxed: rare, and one pointer in every connection's state.
+    close: Option<Box<(u16, String)>>,
     full_since: Option<Instant>,
     /// Bytes queued (bodies plus overhead).
     bytes: usize,
@@ -482,7 +483,7 @@ impl Outbound {
     pub fn close(&self, code: u16, reason: impl Into<String>) {
         let mut state = self.lock();
         if state.close.is_none() {
-            state.close = Some((code, reason.into()));
+            state.close = Some(Box::new((code, reason.into())));
         }
         drop(state);
         self.wake();
@@ -570,7 +571,7 @@ impl Outbound {
                         messages,
                         dropped: std::mem::take(&mut state.dropped),
                         ping: std::mem::take(&mut state.ping),
-                        close: state.close.take(),
+                        close: state.close.take().map(|close| *close),
                         raw,
                     };
                 }

@@ -665,3 +665,84 @@ async fn a_line_written_at_once_to_600_subscribers_on_two_threads_arrives_once_i
         "most deliveries written at once: {direct}"
     );
 }
+
+/// Connections that leave give their direct-write slots back and new ones
+/// take them: a line for the old subscriptions must never reach the socket
+/// that now holds a reused slot, and the new ones get only their own.
+#[tokio::test]
+async fn slots_given_back_by_closed_connections_carry_no_line_to_their_new_owners() {
+    // More than one chunk of 64 slots, so reuse crosses chunks.
+    const FIRST: usize = 100;
+    const CLOSED: usize = 40;
+    const LINES: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path()).unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), &pki, "").unwrap();
+    let mut old = Vec::new();
+    for _ in 0..FIRST {
+        let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
+        let id = client
+            .subscribe(json!({"type": "subscribe-logs", "host": "old-01"}))
+            .await
+            .unwrap();
+        old.push((client, id));
+    }
+    // Every other one of the first 2 × CLOSED leaves.
+    let mut kept = Vec::new();
+    for (i, (client, id)) in old.into_iter().enumerate() {
+        if i % 2 == 0 && i < 2 * CLOSED {
+            drop(client);
+        } else {
+            kept.push((client, id));
+        }
+    }
+    // The relay notices the closes (the subscriptions go) before the new
+    // connections come.
+    let mut open = f64::MAX;
+    for _ in 0..250 {
+        open = o1_tests::metric_value(&relay, "o1_websocket_connections_open")
+            .await
+            .unwrap_or(f64::MAX);
+        if open <= (FIRST - CLOSED) as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        open,
+        (FIRST - CLOSED) as f64,
+        "the closed connections ended"
+    );
+    let mut new = Vec::new();
+    for _ in 0..CLOSED {
+        let mut client = WsClient::connect(&relay.ws_url()).await.unwrap();
+        let id = client
+            .subscribe(json!({"type": "subscribe-logs", "host": "new-01"}))
+            .await
+            .unwrap();
+        new.push((client, id));
+    }
+    let mut old_agent = SimAgent::connect(&relay, &pki, "old-01").await.unwrap();
+    let mut new_agent = SimAgent::connect(&relay, &pki, "new-01").await.unwrap();
+    for n in 0..LINES {
+        for (agent, host) in [(&mut old_agent, "old"), (&mut new_agent, "new")] {
+            agent
+                .send(vec![log_item("app", Level::Info, &format!("{host} {n}"))])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    for (clients, host) in [(&mut kept, "old"), (&mut new, "new")] {
+        for (client, id) in clients.iter_mut() {
+            for n in 0..LINES {
+                let log = client.recv_json(T).await.unwrap();
+                assert_eq!(log["subscriptionId"], id.as_str(), "{log}");
+                assert_eq!(log["message"], format!("{host} {n}"), "{log}");
+            }
+        }
+    }
+    for (client, _) in kept.iter_mut().chain(new.iter_mut()).take(40) {
+        assert!(client.recv_json(Duration::from_millis(30)).await.is_err());
+    }
+}
