@@ -16,14 +16,19 @@
 //!   automatic replies write to the socket, and the router writes only
 //!   when `busy` is `false`, under the slot's lock, so frames never
 //!   interleave.
-//! - Only the writer clears `busy`, holding its queue's lock, when it
-//!   found nothing to write; every producer sets it (after queuing) before
-//!   waking the writer. Lock order: queue, then slot.
+//! - Only the writer clears `busy`, holding its queue's lock and the
+//!   slot's, when it found nothing to write; every producer sets it (after
+//!   queuing) before waking the writer. `busy` is an atomic beside the
+//!   slot's lock, so a producer that finds it set (the common case under
+//!   load) only reads it; the writer takes the slot's lock before it
+//!   writes anything, so it never starts while a direct write is in
+//!   flight. Lock order: queue, then slot.
 //! - A slot is claimed by one [`Outbound`](super::outbound::Outbound) and
 //!   goes back to the pool when that queue is dropped; subscriptions hold
 //!   the queue too, so no subscription can outlive its slot's claim.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -54,9 +59,6 @@ thread_local! {
 pub(super) struct SlotState {
     /// The connection's socket (plain TCP only; a duplicate descriptor).
     socket: Option<std::net::TcpStream>,
-    /// The writer has or may have something to write (see the module's
-    /// invariants). A fresh or released slot is busy.
-    pub(super) busy: bool,
     /// When a line that could have been written at once was last routed.
     last_push: Option<Instant>,
     /// The rest of a frame a direct write left half written: the writer
@@ -66,7 +68,12 @@ pub(super) struct SlotState {
 
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct Slot(Mutex<SlotState>);
+struct Slot {
+    state: Mutex<SlotState>,
+    /// The writer has or may have something to write (see the module's
+    /// invariants). A released slot is busy.
+    busy: AtomicBool,
+}
 
 #[derive(Debug)]
 struct Chunk {
@@ -116,7 +123,7 @@ impl DirectSlots {
         {
             let mut state = slot.lock();
             state.socket = Some(socket);
-            state.busy = false;
+            slot.slot().busy.store(false, Ordering::Release);
             state.last_push = None;
             state.raw = Vec::new();
         }
@@ -147,7 +154,7 @@ impl Drop for DirectClaim {
         {
             let mut state = self.slot.lock();
             state.socket = None;
-            state.busy = true;
+            self.slot.slot().busy.store(true, Ordering::Release);
             state.raw = Vec::new();
         }
         if let Some(pool) = self.slot.chunk.pool.upgrade() {
@@ -183,7 +190,18 @@ impl DirectRef {
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, SlotState> {
-        self.slot().0.lock()
+        self.slot().state.lock()
+    }
+
+    /// Whether the writer has or may have something to write.
+    pub(super) fn busy(&self) -> bool {
+        self.slot().busy.load(Ordering::Acquire)
+    }
+
+    /// Only the writer, holding its queue's lock and this slot's (`_held`),
+    /// finding nothing to write.
+    pub(super) fn set_idle(&self, _held: &MutexGuard<'_, SlotState>) {
+        self.slot().busy.store(false, Ordering::Release);
     }
 
     /// Asks the CPU to fetch this slot: the router calls it for the next
@@ -193,9 +211,13 @@ impl DirectRef {
         crate::prefetch::read_all(self.slot());
     }
 
-    /// Marks the writer busy (a producer queued something for it).
+    /// Marks the writer busy (a producer queued something for it): a read
+    /// only, when it already is.
     pub(super) fn set_busy(&self) {
-        self.lock().busy = true;
+        let busy = &self.slot().busy;
+        if !busy.load(Ordering::Acquire) {
+            busy.store(true, Ordering::Release);
+        }
     }
 
     /// The connection is ending: no more direct writes, and the duplicate
@@ -203,7 +225,7 @@ impl DirectRef {
     pub fn close_socket(&self) {
         let mut state = self.lock();
         state.socket = None;
-        state.busy = true;
+        self.slot().busy.store(true, Ordering::Release);
     }
 
     /// Writes `line` for `subscription` to the socket at once when the
@@ -219,7 +241,7 @@ impl DirectRef {
         let now = line.ingested_at;
         let last = state.last_push.replace(now);
         let idle =
-            !state.busy && last.is_none_or(|at| now.saturating_duration_since(at) >= DIRECT_GAP);
+            !self.busy() && last.is_none_or(|at| now.saturating_duration_since(at) >= DIRECT_GAP);
         let socket = match &state.socket {
             Some(socket) if idle => socket,
             _ => return Direct::Queue,
@@ -264,7 +286,7 @@ impl DirectRef {
                 }
                 frame.drain(..n);
                 state.raw = frame;
-                state.busy = true;
+                self.slot().busy.store(true, Ordering::Release);
                 Direct::Begun
             }
             // Would block, or failed: the writer finds out and ends.
@@ -325,7 +347,7 @@ mod tests {
         drop(claims);
         let again = pool.claim(socket());
         assert_eq!(pool.made(), 2 * CHUNK, "freed slots are reused");
-        assert!(!again.slot().lock().busy, "a claimed slot starts idle");
+        assert!(!again.slot().busy(), "a claimed slot starts idle");
         assert!(again.slot().lock().socket.is_some());
     }
 

@@ -552,7 +552,7 @@ impl Outbound {
                 let raw = self.direct().and_then(|direct| {
                     let mut slot = direct.lock();
                     if !queued && slot.raw.is_empty() {
-                        slot.busy = false;
+                        direct.set_idle(&slot);
                     }
                     Some(std::mem::take(&mut slot.raw)).filter(|raw| !raw.is_empty())
                 });
