@@ -119,14 +119,11 @@ impl DirectSlots {
                 pool.chunks += 1;
             }
         };
+        // A free slot is as `release` left it (or new): only the socket to
+        // put in.
         let slot = DirectRef { chunk, index };
-        {
-            let mut state = slot.lock();
-            state.socket = Some(socket);
-            slot.slot().busy.store(false, Ordering::Release);
-            state.last_push = None;
-            state.raw = Vec::new();
-        }
+        slot.lock().socket = Some(socket);
+        slot.slot().busy.store(false, Ordering::Release);
         DirectClaim { slot }
     }
 
@@ -151,12 +148,8 @@ impl DirectClaim {
 
 impl Drop for DirectClaim {
     fn drop(&mut self) {
-        {
-            let mut state = self.slot.lock();
-            state.socket = None;
-            self.slot.slot().busy.store(true, Ordering::Release);
-            state.raw = Vec::new();
-        }
+        self.slot.close_socket();
+        *self.slot.lock() = SlotState::default();
         if let Some(pool) = self.slot.chunk.pool.upgrade() {
             let free = (self.slot.chunk.clone(), self.slot.index);
             pool.pool.lock().free.push(free);
