@@ -8,7 +8,10 @@
 # IDLE=0 the idle-memory run; SUBS="100" and AGENTS="" choose the fan-out
 # and ingest sizes. PACED="1000:100" (subscribers:messages per second,
 # 20 s each; "" for none) runs the paced fan-out: one message per batch,
-# as an agent at that rate sends, against nginx+nchan at the same rate.
+# as an agent at that rate sends, against nginx+nchan at the same rate,
+# and against `o1-loadgen floor-server` (FLOOR=0 skips it): the least any
+# WebSocket server can do for it (one `send` per subscriber per message,
+# nothing else), this machine's floor for the paced latency and CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -119,6 +122,16 @@ for paced in ${PACED-1000:100}; do
       --messages "$msgs" --size 200 --rate "$rate" --uplink 127.0.0.1:4900 --ca "$DIR/tls/ca.crt" --token "$TOKEN"
     stop_relay
     done
+    if [ "${FLOOR:-1}" != 0 ]; then
+    $BIN/o1-loadgen floor-server --listen 127.0.0.1:3902 --subscribers "$subs" \
+      --messages "$msgs" --size 200 --rate "$rate" > "$DIR/floor.out" &
+    FLOOR_PID=$!
+    for _ in $(seq 50); do grep -q listening "$DIR/floor.out" 2>/dev/null && break; sleep 0.1; done
+    echo "## paced fanout floor subscribers=$subs rate=$rate run=$run"
+    $BIN/o1-loadgen --pid "$FLOOR_PID" fanout --url ws://127.0.0.1:3902/ --subscribers "$subs" \
+      --messages "$msgs" --size 200 --rate "$rate" --server-publishes
+    wait "$FLOOR_PID"
+    fi
     if [ "${NCHAN:-1}" != 0 ]; then
     start_nginx
     echo "## paced fanout nginx+nchan subscribers=$subs rate=$rate run=$run"

@@ -18,6 +18,11 @@
 //!   request, JSON tail) to a file an agent tails, at a fixed rate, while
 //!   subscribed to them over WebSocket; latency from the write to the
 //!   message received, p50/p99/max.
+//! - `floor-server`: the least a WebSocket server can do for a paced
+//!   fan-out (accept the upgrades, then `send` each message's frame to
+//!   every socket, split across one thread per core): the machine's floor
+//!   for `fanout --server-publishes`, against which a server's latency
+//!   and CPU are read.
 //! - `hostile`: N clients that subscribe many times to a deployment with
 //!   a long replay and never read; the server's memory growth per
 //!   connection (its worst case, bounded by the queue budgets).
@@ -73,6 +78,10 @@ enum Mode {
         /// nchan: HTTP publisher URL (instead of the QUIC uplink).
         #[arg(long)]
         nchan_publish: Option<String>,
+        /// The server publishes by itself (`floor-server`): only subscribe
+        /// and measure.
+        #[arg(long)]
+        server_publishes: bool,
         /// Messages per publish batch (o1) or concurrent POSTs (nchan).
         #[arg(long, default_value_t = 50)]
         batch: usize,
@@ -83,6 +92,22 @@ enum Mode {
         /// rate is exact, the phase random.
         #[arg(long)]
         rate: Option<u64>,
+    },
+    FloorServer {
+        /// Address to listen on (`host:port`).
+        #[arg(long)]
+        listen: String,
+        /// Starts publishing once this many subscribers are connected.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 2000)]
+        messages: u64,
+        /// Messages per second, paced as `fanout --rate` paces.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Message text size in bytes.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
     },
     Hostile {
         /// WebSocket URL.
@@ -233,11 +258,41 @@ fn agent_settings(
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
+    // A fan-out's subscribers read on threads of their own (`Readers`);
+    // what is left (the publisher, its QUIC endpoint, the clock) runs on
+    // one thread, so that it wakes no second worker per message on the
+    // cores the servers measured use.
+    let runtime = match cli.command {
+        Mode::Fanout { .. } | Mode::FloorServer { .. } => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Mode::Idle { url, connections } => idle(&url, connections, &cli.pids).await,
+        Mode::FloorServer {
+            listen,
+            subscribers,
+            messages,
+            rate,
+            size,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                let listener = std::net::TcpListener::bind(&listen)
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                println!("floor-server listening on {}", listener.local_addr()?);
+                floor_server(&listener, subscribers, messages, rate, size)
+            })
+            .await?
+        }
         Mode::FileLatency {
             url,
             file,
@@ -312,13 +367,17 @@ async fn main() -> Result<()> {
             ca,
             token,
             nchan_publish,
+            server_publishes,
             batch,
             rate,
         } => {
             let publisher = match (nchan_publish, uplink, ca, token) {
+                _ if server_publishes => Publisher::Server,
                 (Some(url), _, _, _) => Publisher::Nchan(url),
                 (None, Some(uplink), Some(ca), Some(token)) => Publisher::O1 { uplink, ca, token },
-                _ => bail!("give --nchan-publish URL, or --uplink, --ca and --token"),
+                _ => bail!(
+                    "give --nchan-publish URL, or --uplink, --ca and --token, or --server-publishes"
+                ),
             };
             fanout(
                 &url,
@@ -610,6 +669,8 @@ enum Publisher {
         token: String,
     },
     Nchan(String),
+    /// The server sends by itself (`floor-server`).
+    Server,
 }
 
 /// Lines as hosts write them, each carrying `seq=<n> t=<nanos>`.
@@ -706,8 +767,10 @@ fn bench_stamp(payload: &[u8]) -> Option<u64> {
 /// WebSocket client costs it ~12 µs of CPU per message at 1,000 × 100/s
 /// (more than the server), which put its own queueing into the latency
 /// it reports. Frames from a server are never masked; only text and
-/// binary payloads are returned; fragments are not expected (the servers
-/// measured send each message as one frame).
+/// binary payloads are passed on; fragments are not expected (the servers
+/// measured send each message as one frame). The buffer starts at 4 KiB
+/// and doubles when a frame needs it: 1,000 subscribers' buffers then fit
+/// in the caches a delivery's `recv` goes through.
 struct RawSubscriber {
     stream: tokio::net::TcpStream,
     buffer: Vec<u8>,
@@ -736,7 +799,7 @@ impl RawSubscriber {
                 .as_bytes(),
             )
             .await?;
-        let mut buffer = vec![0u8; 64 * 1024];
+        let mut buffer = vec![0u8; 4 * 1024];
         let mut filled = 0;
         let end = loop {
             let n = stream.read(&mut buffer[filled..]).await?;
@@ -748,7 +811,10 @@ impl RawSubscriber {
                 break at + 4;
             }
             if filled == buffer.len() {
-                bail!("{url}: handshake answer too long");
+                if buffer.len() >= 64 * 1024 {
+                    bail!("{url}: handshake answer too long");
+                }
+                buffer.resize(buffer.len() * 2, 0);
             }
         };
         if !buffer.starts_with(b"HTTP/1.1 101") {
@@ -780,16 +846,17 @@ impl RawSubscriber {
             frame.extend_from_slice(&[0, 0, 0, 0]);
             frame.extend_from_slice(text.as_bytes());
             subscriber.stream.write_all(&frame).await?;
-            if subscriber.read_frames().await?.is_empty() {
+            if subscriber.read_frames(|_| ()).await? == 0 {
                 bail!("{url}: no reply to the subscription");
             }
         }
         Ok(subscriber)
     }
 
-    /// Waits for at least one whole frame; returns the payloads of the
-    /// whole text or binary frames read.
-    async fn read_frames(&mut self) -> Result<Vec<&[u8]>> {
+    /// Waits for at least one whole frame; passes the payload of each
+    /// whole text or binary frame read to `each` and returns how many
+    /// there were.
+    async fn read_frames(&mut self, mut each: impl FnMut(&[u8])) -> Result<usize> {
         use tokio::io::AsyncReadExt;
         // Drop what the caller has seen; keep a partial frame.
         self.buffer.copy_within(self.consumed..self.filled, 0);
@@ -797,19 +864,17 @@ impl RawSubscriber {
         self.consumed = 0;
         loop {
             let mut at = 0;
-            let mut frames = Vec::new();
+            let mut frames = 0;
             while let Some((opcode, start, end)) = frame_at(&self.buffer[at..self.filled]) {
                 if opcode == 1 || opcode == 2 {
-                    frames.push((at + start, at + end));
+                    each(&self.buffer[at + start..at + end]);
+                    frames += 1;
                 }
                 at += end;
             }
             if at > 0 {
                 self.consumed = at;
-                return Ok(frames
-                    .into_iter()
-                    .map(|(s, e)| &self.buffer[s..e])
-                    .collect());
+                return Ok(frames);
             }
             if self.filled == self.buffer.len() {
                 self.buffer.resize(self.buffer.len() * 2, 0);
@@ -842,6 +907,238 @@ fn frame_at(bytes: &[u8]) -> Option<(u8, usize, usize)> {
     (bytes.len() >= end).then_some((first & 0x0f, start, end))
 }
 
+/// The fan-out's subscribers, read on threads of their own, one per core,
+/// each a current-thread runtime with its own epoll: no work stealing and
+/// no wake-up of another worker per socket, and each thread records
+/// latencies into one histogram (hot in its cache) instead of one per
+/// subscriber (1,000 histograms of 128 KiB: a cache miss per record).
+struct Readers {
+    /// Messages received by all subscribers so far.
+    received: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<Result<hdrhistogram::Histogram<u64>>>>,
+}
+
+impl Readers {
+    /// Connects `subscribers` spread over `urls` (sending `subscribe` on
+    /// each), and has each read until it has `messages` messages; returns
+    /// once every one is connected.
+    async fn start(
+        urls: &[String],
+        subscribers: usize,
+        subscribe: Option<&'static str>,
+        messages: u64,
+    ) -> Result<Readers> {
+        let count = std::thread::available_parallelism()
+            .map_or(2, usize::from)
+            .min(subscribers.max(1));
+        let received = Arc::new(AtomicU64::new(0));
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let (ready, mut connected) = tokio::sync::mpsc::channel::<Result<()>>(count);
+        let mut threads = Vec::new();
+        for k in 0..count {
+            let mine: Vec<String> = (k..subscribers)
+                .step_by(count)
+                .map(|i| urls[i % urls.len()].clone())
+                .collect();
+            let (received, mut stop, ready) = (received.clone(), stop.subscribe(), ready.clone());
+            let thread =
+                std::thread::Builder::new()
+                    .name(format!("reader-{k}"))
+                    .spawn(move || {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        let local = tokio::task::LocalSet::new();
+                        local.block_on(&runtime, async move {
+                            let mut sockets = Vec::with_capacity(mine.len());
+                            for url in &mine {
+                                match RawSubscriber::connect(url, subscribe).await {
+                                    Ok(socket) => sockets.push(socket),
+                                    Err(error) => {
+                                        let _ = ready.send(Err(error)).await;
+                                        bail!("reader-{k}: a subscriber could not connect");
+                                    }
+                                }
+                            }
+                            let _ = ready.send(Ok(())).await;
+                            let histogram = std::rc::Rc::new(std::cell::RefCell::new(
+                                hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+                            ));
+                            let tasks: Vec<_> = sockets
+                                .into_iter()
+                                .map(|socket| {
+                                    let (histogram, received) =
+                                        (histogram.clone(), received.clone());
+                                    tokio::task::spawn_local(read_stamps(
+                                        socket, messages, histogram, received,
+                                    ))
+                                })
+                                .collect();
+                            tokio::select! {
+                                _ = futures_util::future::join_all(tasks) => {}
+                                _ = stop.wait_for(|stop| *stop) => {}
+                            }
+                            Ok(histogram.borrow().clone())
+                        })
+                    })?;
+            threads.push(thread);
+        }
+        drop(ready);
+        let readers = Readers {
+            received,
+            stop,
+            threads,
+        };
+        for _ in 0..count {
+            connected
+                .recv()
+                .await
+                .context("a reader thread ended before its subscribers connected")??;
+        }
+        Ok(readers)
+    }
+
+    /// Stops every subscriber; the latencies they recorded.
+    async fn finish(self) -> Result<hdrhistogram::Histogram<u64>> {
+        let _ = self.stop.send(true);
+        let threads = self.threads;
+        tokio::task::spawn_blocking(move || {
+            let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for thread in threads {
+                let histogram = thread
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a reader thread panicked"))??;
+                all.add(histogram)?;
+            }
+            Ok(all)
+        })
+        .await?
+    }
+}
+
+/// Reads `socket` until `messages` stamped messages came; records each
+/// one's latency (from the stamp to the `recv` that brought it).
+async fn read_stamps(
+    mut socket: RawSubscriber,
+    messages: u64,
+    histogram: std::rc::Rc<std::cell::RefCell<hdrhistogram::Histogram<u64>>>,
+    received: Arc<AtomicU64>,
+) {
+    let mut count = 0u64;
+    while count < messages {
+        let mut stamps = 0u64;
+        let mut now = None;
+        let read = socket
+            .read_frames(|payload| {
+                // "bench <nanos> ..." inside the JSON (o1) or the body (nchan).
+                if let Some(sent) = bench_stamp(payload) {
+                    let now = *now.get_or_insert_with(now_nanos);
+                    // Borrowed only here, between two awaits of the thread.
+                    histogram
+                        .borrow_mut()
+                        .saturating_record((now.saturating_sub(sent) / 1000).max(1));
+                    stamps += 1;
+                }
+            })
+            .await;
+        if read.is_err() {
+            break;
+        }
+        count += stamps;
+        received.fetch_add(stamps, Ordering::Relaxed);
+    }
+}
+
+/// When message `sent` goes at `rate` per second, from the start: its slot
+/// moved by a uniform offset of up to a fifth of a period either way. The
+/// mean rate is exact, consecutive messages stay at least 0.6 periods
+/// apart, but the phase is random. A strictly periodic 100/s pace aliases
+/// with the kernel's 250 Hz tick, which splits CPU time into user and
+/// system by sampling: the split then depends on the phase a run happens
+/// to start at (seen: 0.3 vs 0.5 µs of user time per delivery for the
+/// same build). At 100/s the offset spans 4 ms, one whole tick.
+fn paced_slot(rate: u64, sent: u64) -> Duration {
+    let period = 1_000_000_000 / rate.max(1);
+    let spread = (period * 2 / 5).max(1);
+    let offset = rand::random_range(0..spread) as i64 - (spread / 2) as i64;
+    Duration::from_nanos(((sent * period) as i64 + offset).max(0) as u64)
+}
+
+/// `floor-server`: accepts `subscribers` WebSocket upgrades on `listener`,
+/// then sends `messages` text frames of `size` bytes (each "bench
+/// <nanos> ...", stamped when its pass starts) to all of them at `rate`,
+/// every pass split across one scoped thread per core as the relay's
+/// fan-out is, with one blocking `send` per socket. Nothing is parsed,
+/// routed, queued or counted: what it costs is the kernel's, and the
+/// latency a client measures against it is this machine's floor.
+fn floor_server(
+    listener: &std::net::TcpListener,
+    subscribers: usize,
+    messages: u64,
+    rate: u64,
+    size: usize,
+) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut sockets = Vec::with_capacity(subscribers);
+    while sockets.len() < subscribers {
+        let (mut socket, _) = listener.accept()?;
+        socket.set_nodelay(true)?;
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut chunk)?;
+            if n == 0 || request.len() > 16 * 1024 {
+                bail!("a client closed or sent too much before its upgrade");
+            }
+            request.extend_from_slice(&chunk[..n]);
+        }
+        // A load generator's client checks only the status line.
+        socket.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )?;
+        sockets.push(socket);
+    }
+    // The client starts its clock half a second after its last connect.
+    std::thread::sleep(Duration::from_secs(1));
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let part = sockets.len().div_ceil(threads);
+    let padding = "p".repeat(size.saturating_sub(32));
+    let started = Instant::now();
+    for sent in 0..messages {
+        if let Some(wait) =
+            (started + paced_slot(rate, sent)).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
+        }
+        let payload = format!("bench {} {padding}", now_nanos());
+        let mut frame = vec![0x81];
+        match u8::try_from(payload.len()) {
+            Ok(short) if short < 126 => frame.push(short),
+            _ => {
+                frame.push(126);
+                frame.extend_from_slice(&u16::try_from(payload.len())?.to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(payload.as_bytes());
+        std::thread::scope(|scope| {
+            for share in sockets.chunks(part.max(1)) {
+                let frame = &frame;
+                scope.spawn(move || {
+                    for mut socket in share {
+                        // A subscriber that went away is not the floor's
+                        // business; the client reports what it missed.
+                        let _ = socket.write_all(frame);
+                    }
+                });
+            }
+        });
+    }
+    // Time for the client to read the last message before the sockets go.
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(())
+}
+
 /// How the fan-out publisher sends: `batch` messages at a time, as fast as
 /// the subscribers absorb, or (`rate`) that many messages per second.
 #[derive(Debug, Clone, Copy)]
@@ -856,21 +1153,8 @@ impl Pace {
     async fn wait(&self, started: Instant, sent: u64, received: &AtomicU64, subscribers: usize) {
         match self.rate {
             Some(rate) => {
-                // Message `sent`'s slot at the fixed rate, moved by a
-                // uniform offset of up to a fifth of a period either way:
-                // the mean rate is exact, consecutive messages stay at
-                // least 0.6 periods apart, but the phase is random. A
-                // strictly periodic 100/s pace aliases with the kernel's
-                // 250 Hz tick, which splits CPU time into user and system
-                // by sampling: the split then depends on the phase a run
-                // happens to start at (seen: 0.3 vs 0.5 µs of user time per
-                // delivery for the same build). At 100/s the offset spans
-                // 4 ms, one whole tick.
-                let period = 1_000_000_000 / rate.max(1);
-                let spread = (period * 2 / 5).max(1);
-                let offset = rand::random_range(0..spread) as i64 - (spread / 2) as i64;
-                let at = (sent * period) as i64 + offset;
-                let due = started + Duration::from_nanos(at.max(0) as u64);
+                // Jittered around its slot (`paced_slot`).
+                let due = started + paced_slot(rate, sent);
                 tokio::time::sleep_until(due.into()).await;
             }
             None => {
@@ -909,43 +1193,11 @@ async fn fanout(
     pids: &[u32],
 ) -> Result<()> {
     let batch = pace.batch;
-    let received = Arc::new(AtomicU64::new(0));
-    let histogram = Arc::new(std::sync::Mutex::new(
-        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
-    ));
-    let is_o1 = matches!(publisher, Publisher::O1 { .. });
-    let mut tasks = Vec::new();
-    let urls: Vec<&str> = url.split(',').collect();
-    for i in 0..subscribers {
-        let subscribe = is_o1.then_some(r#"{"type":"subscribe-logs","application":"bench"}"#);
-        let mut socket = RawSubscriber::connect(urls[i % urls.len()], subscribe).await?;
-        let received = received.clone();
-        let histogram = histogram.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut local = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-            let mut count = 0u64;
-            while count < messages {
-                let Ok(payloads) = socket.read_frames().await else {
-                    break;
-                };
-                let now = now_nanos();
-                for payload in payloads {
-                    // "bench <nanos> ..." inside the JSON (o1) or the body (nchan).
-                    let Some(sent) = bench_stamp(payload) else {
-                        continue;
-                    };
-                    if let Some(h) = local.as_mut() {
-                        h.saturating_record((now.saturating_sub(sent) / 1000).max(1));
-                    }
-                    count += 1;
-                    received.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            if let (Some(local), Ok(mut global)) = (local, histogram.lock()) {
-                let _ = global.add(local);
-            }
-        }));
-    }
+    let subscribe = matches!(publisher, Publisher::O1 { .. })
+        .then_some(r#"{"type":"subscribe-logs","application":"bench"}"#);
+    let urls: Vec<String> = url.split(',').map(str::to_owned).collect();
+    let readers = Readers::start(&urls, subscribers, subscribe, messages).await?;
+    let received = readers.received.clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let padding = "p".repeat(size.saturating_sub(32));
     let cpu_before = cpu_seconds(pids);
@@ -980,6 +1232,7 @@ async fn fanout(
                 pace.wait(started, sent, &received, subscribers).await;
             }
         }
+        Publisher::Server => {}
         Publisher::Nchan(publish) => {
             let client = reqwest::Client::new();
             let mut sent = 0u64;
@@ -1008,14 +1261,8 @@ async fn fanout(
     let cpu = cpu_seconds(pids) - cpu_before;
     let split = cpu_split(pids);
     let (user, system) = (split.0 - split_before.0, split.1 - split_before.1);
-    for task in tasks {
-        task.abort();
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let histogram = readers.finish().await?;
     let delivered = received.load(Ordering::Relaxed);
-    let histogram = histogram
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock"))?;
     println!(
         "fanout subscribers={subscribers} messages={messages} paced={} delivered={delivered}/{expected} elapsed={elapsed:.2}s rate={:.0}/s p50={:.2}ms p99={:.2}ms server_cpu={cpu:.2}s cpu_per_delivered={:.2}us user_per_delivered={:.2}us system_per_delivered={:.2}us",
         pace.rate.map_or("no".to_owned(), |r| format!("{r}/s")),
@@ -1094,4 +1341,53 @@ async fn ingest(
         cpu / (total as f64 / 1e6)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The floor server and the fan-out's readers against each other:
+    /// every subscriber gets every message once, each read as a stamped
+    /// frame (short and 16-bit lengths both) with its latency recorded.
+    #[test]
+    fn every_subscriber_reads_every_stamped_message_of_the_floor_server() -> Result<()> {
+        for size in [60, 300] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let url = format!("ws://{}/", listener.local_addr()?);
+            let server = std::thread::spawn(move || floor_server(&listener, 5, 7, 200, size));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let histogram = runtime.block_on(async {
+                let readers = Readers::start(&[url], 5, None, 7).await?;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while readers.received.load(Ordering::Relaxed) < 35 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                readers.finish().await
+            })?;
+            assert_eq!(histogram.len(), 35, "size {size}");
+            // Stamped by this machine's clock moments before: not zero,
+            // not the age of the epoch.
+            assert!(
+                histogram.max() < 10_000_000,
+                "size {size}: {}",
+                histogram.max()
+            );
+            server
+                .join()
+                .map_err(|_| anyhow::anyhow!("floor server panicked"))??;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_stamp_is_the_number_after_the_bench_mark() {
+        assert_eq!(
+            bench_stamp(b"{\"host\":\"bench-host\",\"message\":\"bench 1234 pp\"}"),
+            Some(1234)
+        );
+        assert_eq!(bench_stamp(b"no mark here"), None);
+    }
 }
