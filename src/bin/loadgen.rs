@@ -1067,7 +1067,7 @@ fn paced_slot(rate: u64, sent: u64) -> Duration {
 
 /// `floor-server`: accepts `subscribers` WebSocket upgrades on `listener`,
 /// then sends `messages` text frames of `size` bytes (each "bench
-/// <nanos> ...", stamped when its pass starts) to all of them at `rate`,
+/// <nanos> ...", stamped with its slot) to all of them at `rate`,
 /// every pass split across one scoped thread per core as the relay's
 /// fan-out is, with one blocking `send` per socket. Nothing is parsed,
 /// routed, queued or counted: what it costs is the kernel's, and the
@@ -1106,12 +1106,16 @@ fn floor_server(
     let padding = "p".repeat(size.saturating_sub(32));
     let started = Instant::now();
     for sent in 0..messages {
-        if let Some(wait) =
-            (started + paced_slot(rate, sent)).checked_duration_since(Instant::now())
-        {
+        let due = started + paced_slot(rate, sent);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let payload = format!("bench {} {padding}", now_nanos());
+        // Stamped with its slot, as a publisher stamps a message when its
+        // time comes: a message whose slot came during the previous pass
+        // counts the wait for it, as it does for a server that queues it.
+        let late = Instant::now().saturating_duration_since(due);
+        let stamp = now_nanos().saturating_sub(late.as_nanos() as u64);
+        let payload = format!("bench {stamp} {padding}");
         let mut frame = vec![0x81];
         match u8::try_from(payload.len()) {
             Ok(short) if short < 126 => frame.push(short),
