@@ -147,6 +147,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let acked_notify = Arc::new(Notify::new());
 
     let (events, receiver) = std::sync::mpsc::sync_channel::<Event>(pipeline::EVENT_QUEUE);
+    // One pending "appended" is enough: the sync it starts covers the rest.
+    let (appended, appended_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    {
+        let spool = spool.clone();
+        std::thread::Builder::new()
+            .name("o1-spool-sync".into())
+            .spawn(move || pipeline::run_spool_sync(spool, appended_rx))
+            .map_err(AgentError::Thread)?;
+    }
     let batcher = {
         let (spool, spooled, stats, limits) = (
             spool.clone(),
@@ -156,7 +165,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         );
         std::thread::Builder::new()
             .name("o1-batcher".into())
-            .spawn(move || pipeline::run_batcher(receiver, spool, spooled, limits, stats))
+            .spawn(move || pipeline::run_batcher(receiver, spool, spooled, appended, limits, stats))
             .map_err(AgentError::Thread)?
     };
     let producers = start_producers(

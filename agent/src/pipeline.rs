@@ -224,6 +224,7 @@ pub fn run_batcher(
     events: Receiver<Event>,
     spool: Arc<Mutex<Spool>>,
     spooled: Arc<Notify>,
+    appended: SyncSender<()>,
     limits: BatchConfig,
     stats: Arc<AgentStats>,
 ) {
@@ -239,6 +240,8 @@ pub fn run_batcher(
                 stats.batches_spooled.fetch_add(1, Ordering::Relaxed);
                 stats.items_spooled.fetch_add(count, Ordering::Relaxed);
                 spooled.notify_one();
+                // Full: a sync is pending already and covers this batch.
+                let _ = appended.try_send(());
             }
             Err(error) => tracing::error!(%error, lost_items = count, "cannot write to the spool"),
         }
@@ -266,6 +269,32 @@ pub fn run_batcher(
                 flush(&mut batcher);
                 return;
             }
+        }
+    }
+}
+
+/// Syncs the spool to disk `fsync_interval` after a batch was appended
+/// (`appended`), on this thread and without holding the spool: the
+/// batcher and the sender go on while the disk catches up. Blocks while
+/// nothing is appended (no wake-ups when idle); ends when the batcher has
+/// (its sender dropped), the last sync being the agent's at stop.
+pub fn run_spool_sync(spool: Arc<Mutex<Spool>>, appended: Receiver<()>) {
+    while appended.recv().is_ok() {
+        let due_in = spool.lock().sync_due_in();
+        let Some(due_in) = due_in else {
+            continue;
+        };
+        std::thread::sleep(due_in);
+        let file = spool.lock().take_sync();
+        match file {
+            Ok(Some(file)) => {
+                if let Err(error) = file.sync_data() {
+                    tracing::error!(%error, "cannot fsync the spool");
+                    spool.lock().sync_failed();
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "cannot fsync the spool"),
         }
     }
 }

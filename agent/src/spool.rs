@@ -19,6 +19,11 @@
 //! is short or fails its checksum ends the segment there (the rest is cut
 //! off and reported), so a crash mid-write is never fatal.
 //!
+//! Writes reach the page cache at once and the disk every
+//! `fsync_interval`: `pipeline::run_spool_sync` takes a duplicate of the
+//! current segment's descriptor under the lock and syncs it outside, so a
+//! slow disk never holds the batcher or the sender.
+//!
 //! When the spool exceeds `max_bytes`, the oldest segment is dropped; the
 //! unacknowledged items in it are counted, and a batch carrying
 //! `dropped_items` is appended so the relay learns of the loss.
@@ -305,7 +310,6 @@ impl Spool {
     pub fn append_batch(&mut self, items: Vec<Item>, positions: Positions) -> io::Result<u64> {
         let sequence = self.write_record(items, positions, 0)?;
         self.enforce_limit()?;
-        self.maybe_sync()?;
         Ok(sequence)
     }
 
@@ -426,7 +430,41 @@ impl Spool {
         Ok(())
     }
 
-    /// fsyncs the current segment if the interval has passed.
+    /// How long until what was written unsynced is due for a sync
+    /// (`fsync_interval` after the last one); `None` when nothing is.
+    pub fn sync_due_in(&self) -> Option<Duration> {
+        self.unsynced.then(|| {
+            self.limits
+                .fsync_interval
+                .saturating_sub(self.last_sync.elapsed())
+        })
+    }
+
+    /// A duplicate of the current segment's descriptor when unsynced
+    /// writes are due, counted as synced: the caller syncs it after letting
+    /// go of the spool, so the batcher and the sender never wait for the
+    /// disk. If that sync fails, [`Spool::sync_failed`].
+    pub fn take_sync(&mut self) -> io::Result<Option<File>> {
+        if self.sync_due_in() != Some(Duration::ZERO) {
+            return Ok(None);
+        }
+        let Some(segment) = self.segments.back() else {
+            return Ok(None);
+        };
+        let file = segment.file.try_clone()?;
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        Ok(Some(file))
+    }
+
+    /// A sync of [`Spool::take_sync`]'s descriptor failed: what it covered
+    /// is unsynced again.
+    pub fn sync_failed(&mut self) {
+        self.unsynced = true;
+    }
+
+    /// fsyncs the current segment if the interval has passed (at stop; while
+    /// running, `pipeline::run_spool_sync` syncs outside the lock).
     pub fn maybe_sync(&mut self) -> io::Result<()> {
         if self.unsynced && self.last_sync.elapsed() >= self.limits.fsync_interval {
             if let Some(segment) = self.segments.back() {
@@ -611,6 +649,35 @@ mod tests {
             } => batch,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn syncs_are_handed_out_once_per_interval_and_again_after_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut immediate = limits(1 << 20, 64 << 10);
+        immediate.fsync_interval = Duration::ZERO;
+        let (mut spool, _) = Spool::open(dir.path(), immediate, 0).unwrap();
+        // Nothing written: nothing to sync.
+        assert_eq!(spool.sync_due_in(), None);
+        assert!(spool.take_sync().unwrap().is_none());
+        spool.append(vec![line(1)], vec![]).unwrap();
+        assert_eq!(spool.sync_due_in(), Some(Duration::ZERO));
+        // The descriptor handed out is the current segment's: it syncs.
+        let file = spool.take_sync().unwrap().expect("due");
+        file.sync_data().unwrap();
+        assert_eq!(file.metadata().unwrap().len(), spool.bytes());
+        // Counted as synced until more is written, or the sync failed.
+        assert_eq!(spool.sync_due_in(), None);
+        assert!(spool.take_sync().unwrap().is_none());
+        spool.sync_failed();
+        assert!(spool.take_sync().unwrap().is_some());
+        // With an interval, writes wait for it; appending never syncs.
+        let other = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(other.path(), limits(1 << 20, 64 << 10), 0).unwrap();
+        spool.append(vec![line(2)], vec![]).unwrap();
+        let due_in = spool.sync_due_in().expect("unsynced");
+        assert!(due_in > Duration::ZERO && due_in <= Duration::from_secs(1));
+        assert!(spool.take_sync().unwrap().is_none());
     }
 
     #[test]

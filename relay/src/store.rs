@@ -12,7 +12,8 @@
 //! `max_bytes` or its records are older than `max_age` (never the one being
 //! written, so the next offset is always known). Writes go to the page
 //! cache at once (one `write` per record) and are synced every
-//! `fsync_interval`, as the agent's spool does. On start a torn or corrupt
+//! `fsync_interval`, as the agent's spool does, without holding the lock
+//! appends take (a roll syncs the finished segment first). On start a torn or corrupt
 //! tail (a crash mid-write) is cut at the last whole record and logged.
 
 use std::collections::VecDeque;
@@ -448,16 +449,37 @@ impl Store {
     }
 
     /// Syncs what was written since the last call, and drops segments past
-    /// their age (the interval task calls this).
+    /// their age (the interval task calls this). The sync runs on a
+    /// duplicate of the current segment's descriptor, outside the writer's
+    /// lock: appends (which the hub makes under its publish order) go on
+    /// while the disk catches up, where an `fdatasync` of a second of
+    /// writes can take tens of milliseconds.
     pub fn sync(&self) {
-        let mut writer = self.writer.lock();
-        if writer.dirty {
-            if let Err(error) = writer.file.sync_data() {
-                tracing::warn!(%error, "history log: fsync failed");
-            }
-            writer.dirty = false;
+        let file = {
+            let mut writer = self.writer.lock();
+            let file = if writer.dirty {
+                match writer.file.try_clone() {
+                    Ok(file) => {
+                        writer.dirty = false;
+                        Some(file)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "history log: cannot sync (no descriptor)");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            self.trim(&mut writer);
+            file
+        };
+        if let Some(file) = file
+            && let Err(error) = file.sync_data()
+        {
+            tracing::warn!(%error, "history log: fsync failed");
+            self.writer.lock().dirty = true;
         }
-        self.trim(&mut writer);
     }
 
     pub fn fsync_interval(&self) -> Duration {
@@ -732,6 +754,40 @@ mod tests {
         // Older than held: the reader starts at the oldest.
         let mut reader = store.reader(0).unwrap();
         assert_eq!(reader.next_chunk(2000, 1).unwrap()[0].offset, oldest);
+    }
+
+    #[test]
+    fn syncs_beside_appends_lose_nothing_and_reopen_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut unbounded = config(dir.path());
+        unbounded.max_bytes = u64::MAX;
+        let store = Store::open(unbounded.clone(), |_| {}).unwrap();
+        // Syncs on another thread all along, rolls included: each takes
+        // the writer's lock only to hand over the descriptor.
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    store.sync();
+                }
+            });
+            for i in 0..500 {
+                store
+                    .append(i, batch(2, &format!("r{i}")).as_ref())
+                    .unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        store.sync();
+        assert!(
+            !store.writer.lock().dirty,
+            "the last sync covered everything"
+        );
+        drop(store);
+        let mut offsets = Vec::new();
+        let store = Store::open(unbounded, |record| offsets.push(record.offset)).unwrap();
+        assert_eq!(store.next_offset(), 1000);
+        assert_eq!(offsets, (0..500).map(|i| i * 2).collect::<Vec<u64>>());
     }
 
     #[test]
