@@ -463,10 +463,11 @@ impl Spool {
         self.unsynced = true;
     }
 
-    /// fsyncs the current segment if the interval has passed (at stop; while
-    /// running, `pipeline::run_spool_sync` syncs outside the lock).
+    /// fsyncs the current segment if anything written is unsynced, at
+    /// once: the agent's last act at stop (while running,
+    /// `pipeline::run_spool_sync` syncs every interval, outside the lock).
     pub fn maybe_sync(&mut self) -> io::Result<()> {
-        if self.unsynced && self.last_sync.elapsed() >= self.limits.fsync_interval {
+        if self.unsynced {
             if let Some(segment) = self.segments.back() {
                 segment.file.sync_data()?;
             }

@@ -13,8 +13,9 @@
 //! written, so the next offset is always known). Writes go to the page
 //! cache at once (one `write` per record) and are synced every
 //! `fsync_interval`, as the agent's spool does, without holding the lock
-//! appends take (a roll syncs the finished segment first). On start a torn or corrupt
-//! tail (a crash mid-write) is cut at the last whole record and logged.
+//! appends take (a roll syncs the finished segment first). On start a torn
+//! or corrupt tail (a crash mid-write) is cut at the last whole record and
+//! logged.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
