@@ -1116,14 +1116,10 @@ fn floor_server(
         let late = Instant::now().saturating_duration_since(due);
         let stamp = now_nanos().saturating_sub(late.as_nanos() as u64);
         let payload = format!("bench {stamp} {padding}");
-        let mut frame = vec![0x81];
-        match u8::try_from(payload.len()) {
-            Ok(short) if short < 126 => frame.push(short),
-            _ => {
-                frame.push(126);
-                frame.extend_from_slice(&u16::try_from(payload.len())?.to_be_bytes());
-            }
-        }
+        // The relay's own header for a server frame.
+        let mut header = [0u8; 10];
+        let used = o1_relay::hub::outbound::frame_header(payload.len(), &mut header);
+        let mut frame = header[..used].to_vec();
         frame.extend_from_slice(payload.as_bytes());
         std::thread::scope(|scope| {
             for share in sockets.chunks(part.max(1)) {
